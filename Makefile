@@ -1,0 +1,32 @@
+# Two entry points for a fresh machine: `make demo` and `make test`. Both build .venv first.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/pip -q --disable-pip-version-check
+OUT ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/rgvlm: pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(PIP) install -c constraints.txt torch==2.13.0
+	$(PIP) install -c constraints.txt -e '.[dev]'
+	touch $@
+
+# Until `rgvlm run` (the end-to-end demo) lands, the demo generates a dataset and summarises it.
+demo: $(BIN)/rgvlm
+	$(BIN)/rgvlm generate --config local --out $(OUT)/data
+	$(BIN)/rgvlm inspect $(OUT)/data
+
+lint: $(BIN)/rgvlm
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/pytest -q tests
+
+bench: $(BIN)/rgvlm
+	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,282 @@
+"""One OmegaConf structured config for every command, job and test.
+
+Precedence (lowest first): dataclass defaults < `--config` YAML files < command flags < `key=value` overrides.
+Each issue owns its section; keep sections flat and typed so `key=value` overrides stay obvious.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+SECRET_KEYS = ("access_key_id", "secret_access_key", "session_token", "api_key")
+
+
+@dataclass
+class StorageConfig:
+    """Object storage. Unset fields fall back to the standard AWS environment variables."""
+
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL
+    region: str | None = None  # else AWS_DEFAULT_REGION / AWS_REGION
+    # Prefer the environment (AWS_ACCESS_KEY_ID, ...). Values set here are redacted from logs and dumps.
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    session_token: str | None = None
+    max_attempts: int = 8  # botocore adaptive retries: covers SlowDown, 5xx and connection errors
+
+
+@dataclass
+class RayConfig:
+    address: str | None = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    num_cpus: int | None = None  # only for a local Ray started by us
+
+
+@dataclass
+class EnvConfig:
+    """The ALFRED-like BabyAI chain environment (rgvlm_ray/data/env.py)."""
+
+    layout: str = "small"  # small: 2x2 rooms of 6 (11x11) | boss: BossLevel size, 3x3 rooms of 8
+    num_dists: int | None = None  # distractor objects; None: the layout's default
+    tile_size: int = 8  # agent view 7x7 tiles -> 56x56 RGB
+    full_view: bool = False  # also store `frames_full`, the top-down view for the LVLM judge
+    full_tile_size: int = 8
+    max_steps: int | None = None  # None: BabyAI's budget, rooms x room_size^2 per navigation
+
+
+@dataclass
+class GenerateConfig:
+    out: str = ""  # required
+    episodes: int = 120
+    episodes_per_shard: int = 40
+    seed: int = 0
+    subtasks: str = "1-6"  # "1-6", "3" or "1,2,5"
+    expert_noise: float = (
+        0.5  # P(random action) per step; the bot replans. 0.5 gives ~80% success (BENCHMARKS.md)
+    )
+    split: str = "seen"  # seen | randomized
+    num_cpus_per_task: float = 1.0
+    overwrite: bool = False
+
+
+@dataclass
+class InspectConfig:
+    path: str = ""  # required
+    decode: bool = False  # also decode every PNG (slow)
+    json: bool = False
+
+
+@dataclass
+class VLLMEngineConfig:
+    """vLLM (GPU nodes, `pip install 'rgvlm-ray[vllm]'`). Prefix caching is always on: stage 2 reuses stage 1."""
+
+    max_model_len: int = 16384
+    limit_mm_per_prompt: int | None = None  # images per prompt; None: labeler.window + 1
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+
+
+@dataclass
+class OpenAIEngineConfig:
+    """Any OpenAI-compatible chat endpoint (vLLM serve, SGLang, a hosted API)."""
+
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"  # the key is read from this env var only, never from config
+    max_concurrency: int = 8
+    max_retries: int = 5  # on 429, 5xx, timeouts and connection errors
+    backoff_s: float = 1.0  # first retry delay; doubles each retry (a larger Retry-After wins)
+    response_format_json_schema: bool = True  # false for endpoints without json_schema support
+
+
+@dataclass
+class EngineConfig:
+    """The LVLM (or baseline) that labels episodes."""
+
+    kind: str = "hf"  # hf | vllm | openai | clip | oracle
+    model: str = ""  # hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local directory
+    revision: str | None = None
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    device: str = "auto"  # auto: cuda when present, else cpu
+    max_new_tokens_analysis: int = 512
+    max_new_tokens_scores: int = 128  # raised to what the window's JSON needs, so it never truncates it
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    seed: int = 0
+    batch_size: int = 8  # conversations per generate call (hf)
+    timeout_s: float = 600.0  # one engine call (an hf generate batch, a vLLM chat, one HTTP request)
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    openai: OpenAIEngineConfig = field(default_factory=OpenAIEngineConfig)
+
+
+@dataclass
+class LabelerConfig:
+    """How episodes are shown to the judge and its answers turned into rewards (docs/labeling.md)."""
+
+    window: int = 16  # at most this many actions per judge call
+    overlap: int = 4  # actions shared by consecutive windows; each step is still scored once
+    image_size: int = 112  # frames larger than this (longest side) are downscaled
+    view: str = "frames"  # frames (agent view) | frames_full (top-down)
+    prompt_version: str = "v1"  # rgvlm_ray/labeling/prompts/<version>-*.txt
+    reward_scale: float = 1.0  # rgvlm: reward = scale * score / 10 + shift (clip: see docs/labeling.md)
+    reward_shift: float = 0.0
+    num_samples: int = 1  # self-consistency: scoring samples per window (mean kept, std in score_std)
+    max_parse_retries: int = 2  # extra scoring attempts when an answer is not JSON of the right shape
+    max_goal_chars: int = 500  # longer goals are truncated before they reach the prompt
+
+
+@dataclass
+class LabelEpisodeConfig:
+    """`rgvlm label-episode`: label one episode and print everything."""
+
+    in_path: str = ""  # required: dataset folder, s3:// prefix or shard
+    episode: str = ""  # episode id; empty: the first episode
+    json: bool = False
+
+
+@dataclass
+class TinyModelConfig:
+    """`rgvlm make-tiny-vlm`: a tiny random model of a real architecture for tests and the CPU demo."""
+
+    out: str = ""  # required
+    kind: str = "qwen2_vl"  # qwen2_vl | clip
+    seed: int = 0
+
+
+@dataclass
+class LabelConfig:
+    """The distributed labeling job (rgvlm label)."""
+
+    in_path: str = ""  # required
+    out_path: str = ""  # required
+    force: bool = False
+    allow_quarantine: bool = False
+
+
+@dataclass
+class IQLConfig:
+    """Language-conditioned discrete IQL (rgvlm_ray/iql). docs/iql.md gives the source of every default."""
+
+    obs_mode: str = "symbolic"  # symbolic (BabyAI 7x7x3 grid, fast on CPU) | image (56x56 agent-view frames)
+    hidden: int = 256
+    goal_encoder: str = "gru"  # gru | mean
+    embed_dim: int = 64
+    max_vocab: int = 1000  # most frequent goal words kept; the rest map to <unk>
+    discount: float = 0.97  # BOSS/SPRINT ALFRED (paper: 0.99)
+    expectile: float = 0.8  # BOSS/SPRINT ALFRED, TorchRL discrete IQL (paper: 0.7 MuJoCo, 0.9 AntMaze)
+    beta: float = 5.0  # inverse temperature in exp(beta * A); BOSS/SPRINT ALFRED (paper: 3 / 10 / 0.5)
+    exp_adv_max: float = 100.0  # paper, CORL
+    tau: float = 0.005  # Polyak rate of the target Q; paper, CORL
+    lr: float = 3e-4  # paper, CORL (BOSS/SPRINT ALFRED: 5e-5, for far longer runs)
+    actor_cosine: bool = True  # CORL: cosine decay of the actor's lr over train.steps
+    batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
+    actor_trains_encoder: bool = False  # False: only the Q and V losses train the shared encoder
+    reward_weights: dict[str, float] = field(default_factory=lambda: {"rgvlm": 1.0, "sparse": 1.0})
+    normalize_reward: bool = False  # scale rewards so episode returns span 1 (IQL paper's return scaling)
+    null_reward: str = "zero"  # unscored steps (null reward): zero | drop (the transition)
+    compile: bool = False  # torch.compile the update's forward pass (GPU; slow to start on CPU)
+
+
+@dataclass
+class TrainConfig:
+    in_path: str = ""  # required: labeled episodes, folder or s3:// prefix
+    out_path: str = ""  # required: run folder or s3:// prefix; checkpoints land here, a rerun resumes
+    reward: str = "sparse"  # sparse | rgvlm | rgvlm+sparse | clip | oracle
+    workers: int = 1
+    steps: int = 1000  # total updates; a resumed run continues up to this count
+    cpus_per_worker: float | None = None  # None: fractional so Ray Data keeps a CPU (2-core deadlock trap)
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    log_every: int = 100
+    seed: int = 0
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""  # required: a run folder (latest checkpoint) or one checkpoint folder
+    out: str = ""  # required
+    episodes_per_k: int = 10
+    split: str = "seen"  # seen | randomized
+    num_cpus_per_task: float = 0.5
+    episodes_per_task: int = 5  # one Ray task per (k, chunk of this many missions)
+    max_steps: int | None = None  # None: the environment's budget
+    greedy: bool = False  # False: sample from pi (deterministic per episode); True: argmax
+    seed: int = 0
+
+
+@dataclass
+class CompareConfig:
+    runs: list[str] = field(default_factory=list)  # run folders or eval folders (holding eval.json)
+    out: str = ""  # required
+    title: str = "Success rate by number of sub-tasks"
+
+
+@dataclass
+class Config:
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    inspect: InspectConfig = field(default_factory=InspectConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    labeler: LabelerConfig = field(default_factory=LabelerConfig)
+    label_episode: LabelEpisodeConfig = field(default_factory=LabelEpisodeConfig)
+    tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
+    label: LabelConfig = field(default_factory=LabelConfig)
+    iql: IQLConfig = field(default_factory=IQLConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+
+
+def resolve_config_path(name: str) -> Path:
+    """`local` -> the packaged configs/local.yaml; anything else is a path."""
+    packaged = CONFIG_DIR / f"{name}.yaml"
+    if packaged.exists() and os.sep not in name and not name.endswith((".yaml", ".yml")):
+        return packaged
+    path = Path(name)
+    if not path.exists():
+        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        raise FileNotFoundError(f"config {name!r} not found: pass a YAML path or one of: {known}")
+    return path
+
+
+def load_config(
+    config_files: list[str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    dotlist: list[str] | None = None,
+) -> Config:
+    """Merge defaults, YAML files, flag values (by dotted key) and `key=value` strings into a typed Config."""
+    cfg: DictConfig = OmegaConf.structured(Config)
+    for name in config_files or []:
+        cfg = OmegaConf.merge(cfg, OmegaConf.load(resolve_config_path(name)))
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(cfg, key, value, merge=True)
+    if dotlist:
+        bad = [item for item in dotlist if "=" not in item]
+        if bad:
+            raise ValueError(f"overrides must look like key=value, got: {' '.join(bad)}")
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(dotlist))
+    return OmegaConf.to_object(cfg)  # type: ignore[return-value]
+
+
+def redacted(cfg: Config | DictConfig) -> dict[str, Any]:
+    """The config as a plain dict with every credential replaced, safe to log or save."""
+    data = OmegaConf.to_container(OmegaConf.structured(cfg) if not isinstance(cfg, DictConfig) else cfg)
+
+    def scrub(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: ("***" if k in SECRET_KEYS and v else scrub(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [scrub(v) for v in node]
+        return node
+
+    return scrub(data)
+
+
+def to_yaml(cfg: Config) -> str:
+    return OmegaConf.to_yaml(OmegaConf.create(redacted(cfg)))

@@ -1,0 +1,274 @@
+"""The trajectory shard format: Parquet, one row per episode. See docs/format.md."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import StorageConfig
+
+SCHEMA_VERSION = "1"
+SCHEMA_VERSION_KEY = b"rgvlm.schema_version"
+SPLITS = ("seen", "randomized")
+
+# Columns every shard must have, with their Arrow types.
+CORE_FIELDS: list[pa.Field] = [
+    pa.field("episode_id", pa.string(), nullable=False),
+    pa.field("goal", pa.string(), nullable=False),
+    pa.field("subtasks", pa.list_(pa.string())),
+    pa.field("num_subtasks", pa.int32()),
+    pa.field("frames", pa.list_(pa.binary())),  # PNG, T+1 agent-view observations
+    pa.field("actions", pa.list_(pa.int32())),
+    pa.field("action_texts", pa.list_(pa.string())),
+    pa.field("rewards", pa.list_(pa.float32())),  # the environment's sparse reward
+    pa.field("terminated", pa.bool_()),
+    pa.field("truncated", pa.bool_()),
+    pa.field("progress", pa.list_(pa.int32())),  # sub-tasks done after each step; null if unknown
+    pa.field("seed", pa.int64()),
+    pa.field("split", pa.string()),
+]
+# Optional columns our generator writes; other datasets may lack them.
+OPTIONAL_FIELDS: list[pa.Field] = [
+    pa.field("frames_full", pa.list_(pa.binary())),  # PNG, T+1 top-down views for the LVLM judge
+    pa.field("symbolic", pa.list_(pa.binary())),  # T+1 BabyAI 7x7x3 uint8 grids, raw bytes
+    pa.field("directions", pa.list_(pa.int8())),  # T+1 agent directions 0..3
+]
+EPISODE_SCHEMA = pa.schema(CORE_FIELDS + OPTIONAL_FIELDS)
+CORE_COLUMNS = [f.name for f in CORE_FIELDS]
+SYMBOLIC_SHAPE = (7, 7, 3)
+
+# Per-step columns: their length relative to the number of actions T.
+STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0}
+FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1}
+
+# Label columns: every labeler (rgvlm, clip, oracle) writes the same suffixes under its own prefix,
+# so one dataset can carry several labelings and `train --reward MODE` picks one by name.
+LABELERS = ("rgvlm", "clip", "oracle")
+LABEL_STEP_SUFFIXES = ("score", "reward", "window", "status", "message")
+LABEL_FIELDS: dict[str, pa.DataType] = {
+    "score": pa.list_(pa.float32()),  # raw score per action (0..10 for rgvlm), null when unscored
+    "score_std": pa.list_(pa.float32()),  # std over self-consistency samples, null if n=1
+    "reward": pa.list_(pa.float32()),  # reward per action, null when unscored
+    "window": pa.list_(pa.int32()),  # id of the window that scored each action
+    "status": pa.list_(pa.string()),  # ok | parse_error | engine_error | error
+    "message": pa.list_(pa.string()),
+    "analysis": pa.list_(pa.string()),  # stage-1 text, one per window
+    "fingerprint": pa.string(),
+    "episode_status": pa.string(),  # ok | error (episode could not be labeled at all)
+    "episode_error": pa.string(),
+}
+
+
+def label_column(labeler: str, suffix: str) -> str:
+    if labeler not in LABELERS:
+        raise ValueError(f"unknown labeler {labeler!r}; expected one of {LABELERS}")
+    return f"{labeler}_{suffix}"
+
+
+def label_schema(labeler: str) -> pa.Schema:
+    return pa.schema([pa.field(label_column(labeler, s), t) for s, t in LABEL_FIELDS.items()])
+
+
+def labelers_present(schema: pa.Schema) -> list[str]:
+    return [name for name in LABELERS if label_column(name, "reward") in schema.names]
+
+
+class FormatError(ValueError):
+    """Input that does not follow docs/format.md."""
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    shard: str
+    episode: str | None
+    column: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = [self.shard]
+        if self.episode is not None:
+            where.append(f"episode {self.episode}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        return f"{': '.join(where)}: {self.message}"
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Cast known columns to the canonical types (extra columns, e.g. labels, pass through)."""
+    types = {f.name: f.type for f in EPISODE_SCHEMA}
+    for labeler in LABELERS:
+        types.update({f.name: f.type for f in label_schema(labeler)})
+    fields = [pa.field(n, types.get(n, table.schema.field(n).type)) for n in table.column_names]
+    return table.cast(pa.schema(fields))
+
+
+def with_version(table: pa.Table) -> pa.Table:
+    meta = dict(table.schema.metadata or {})
+    meta[SCHEMA_VERSION_KEY] = SCHEMA_VERSION.encode()
+    return table.replace_schema_metadata(meta)
+
+
+def write_shard(table: pa.Table, path: str, cfg: StorageConfig | None = None) -> int:
+    """Atomically write one shard (local or s3://). Returns bytes written."""
+    table = with_version(conform(table))
+    buf = io.BytesIO()
+    # Row groups of a few episodes keep readers' memory bounded; frames are already PNG-compressed.
+    pq.write_table(table, buf, row_group_size=16, compression="zstd")
+    data = buf.getvalue()
+    with storage.atomic_open(path, cfg) as f:
+        f.write(data)
+    return len(data)
+
+
+def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] | None = None) -> pa.Table:
+    fs, p = storage.get_fs(path, cfg)
+    try:
+        with fs.open(p, "rb") as f:
+            table = pq.read_table(f, columns=columns)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise FormatError(f"{storage.basename(path)}: cannot read Parquet: {exc}") from exc
+    version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
+    if version is not None and version.decode() != SCHEMA_VERSION:
+        raise FormatError(
+            f"{storage.basename(path)}: schema version {version.decode()} is not supported "
+            f"(this rgvlm-ray reads {SCHEMA_VERSION})"
+        )
+    return table
+
+
+def list_shards(path: str, cfg: StorageConfig | None = None) -> list[str]:
+    """Sorted shard paths (with the scheme kept) under a folder or prefix, or the file itself."""
+    fs, p = storage.get_fs(path, cfg)
+    if p.endswith(".parquet") and fs.isfile(p):
+        return [path]
+    if not fs.exists(p):
+        raise FileNotFoundError(f"no dataset at {path}")
+    names = sorted(
+        f for f in fs.find(p) if f.endswith(".parquet") and not storage.basename(f).startswith((".", "_"))
+    )
+    return [storage.with_scheme(path, f) for f in names]
+
+
+def _decodes(png: bytes) -> str | None:
+    try:
+        with Image.open(io.BytesIO(png)) as im:
+            im.load()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def validate_table(table: pa.Table, shard: str, decode: bool = False) -> list[ValidationIssue]:
+    """Check one shard against the format. `decode=True` also decodes every PNG (slow)."""
+    issues: list[ValidationIssue] = []
+    missing = [c for c in CORE_COLUMNS if c not in table.column_names]
+    if missing:
+        return [ValidationIssue(shard, None, c, "missing column") for c in missing]
+    for f in EPISODE_SCHEMA:
+        if f.name in table.column_names:
+            actual = table.schema.field(f.name).type
+            if not _compatible(actual, f.type):
+                issues.append(ValidationIssue(shard, None, f.name, f"type {actual}, expected {f.type}"))
+    if issues:
+        return issues
+    for row in table.to_pylist():
+        issues.extend(_validate_episode(row, shard, decode))
+    return issues
+
+
+def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
+    """Same type family (any int width, float width, large/small string, binary or list); `conform` casts."""
+    t = pa.types
+    if actual == expected:
+        return True
+    if t.is_list(expected) or t.is_large_list(expected):
+        return (t.is_list(actual) or t.is_large_list(actual)) and _compatible(
+            actual.value_type, expected.value_type
+        )
+    families = [
+        (t.is_integer, t.is_integer),
+        (t.is_floating, lambda a: t.is_floating(a) or t.is_integer(a)),
+        (t.is_string, lambda a: t.is_string(a) or t.is_large_string(a)),
+        (t.is_binary, lambda a: t.is_binary(a) or t.is_large_binary(a)),
+    ]
+    return any(is_expected(expected) and accepts(actual) for is_expected, accepts in families)
+
+
+def _validate_episode(row: dict, shard: str, decode: bool) -> list[ValidationIssue]:
+    ep = row.get("episode_id")
+    out: list[ValidationIssue] = []
+
+    def bad(column: str | None, message: str) -> None:
+        out.append(ValidationIssue(shard, str(ep), column, message))
+
+    if not ep:
+        bad("episode_id", "empty episode id")
+    actions = row["actions"]
+    if not actions:
+        bad("actions", "empty episode: no actions")
+        return out
+    t = len(actions)
+    for column, extra in {**STEP_COLUMNS, **FRAME_COLUMNS}.items():
+        value = row.get(column)
+        if value is None:
+            if column in ("progress",) or column in FRAME_COLUMNS and column != "frames":
+                continue  # nullable / optional
+            bad(column, "null")
+            continue
+        if len(value) != t + extra:
+            bad(column, f"length {len(value)}, expected {t + extra} ({t} actions{' + 1' if extra else ''})")
+    if row["split"] not in SPLITS:
+        bad("split", f"{row['split']!r} is not one of {SPLITS}")
+    if row["subtasks"] is not None and row["num_subtasks"] != len(row["subtasks"]):
+        bad("num_subtasks", f"{row['num_subtasks']} but {len(row['subtasks'])} subtasks listed")
+    progress = row.get("progress")
+    if progress is not None and any(b < a for a, b in zip(progress, progress[1:], strict=False)):
+        bad("progress", "decreases")
+    if decode:
+        for column in ("frames", "frames_full"):
+            for i, png in enumerate(row.get(column) or []):
+                err = _decodes(png)
+                if err:
+                    bad(column, f"frame {i} is not a decodable PNG ({err})")
+                    break
+    return out
+
+
+def duplicate_ids(ids_by_shard: dict[str, Iterable[str]]) -> list[ValidationIssue]:
+    seen: dict[str, str] = {}
+    counts: Counter[str] = Counter()
+    issues = []
+    for shard, ids in ids_by_shard.items():
+        for ep in ids:
+            counts[ep] += 1
+            if ep in seen:
+                issues.append(ValidationIssue(shard, ep, "episode_id", f"duplicate id (also in {seen[ep]})"))
+            else:
+                seen[ep] = shard
+    return issues
+
+
+def validate(path: str, cfg: StorageConfig | None = None, decode: bool = False) -> list[ValidationIssue]:
+    """Validate every shard under `path`; unreadable shards become issues rather than exceptions."""
+    issues: list[ValidationIssue] = []
+    ids: dict[str, list[str]] = {}
+    for shard in list_shards(path, cfg):
+        name = storage.basename(shard)
+        try:
+            table = read_shard(shard, cfg)
+        except FormatError as exc:
+            issues.append(ValidationIssue(name, None, None, str(exc).split(": ", 1)[-1]))
+            continue
+        issues.extend(validate_table(table, name, decode))
+        if "episode_id" in table.column_names:
+            ids[name] = table.column("episode_id").to_pylist()
+    return issues + duplicate_ids(ids)

@@ -1,0 +1,111 @@
+"""`rgvlm inspect PATH`: what a dataset holds, which labels it carries, and whether it is valid."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import UsageError
+
+
+def label_coverage(table: pa.Table, labeler: str) -> tuple[int, int]:
+    """(steps with a non-null reward, steps) for one labeler."""
+    rewards = pc.list_flatten(table.column(fmt.label_column(labeler, "reward")))
+    return len(rewards) - rewards.null_count, len(rewards)
+
+
+def summarize(path: str, cfg: StorageConfig, decode: bool = False) -> dict:
+    shards = fmt.list_shards(path, cfg)
+    if not shards:
+        raise UsageError(f"no .parquet shards under {path}")
+    k_hist: Counter[int] = Counter()
+    splits: Counter[str] = Counter()
+    episodes = transitions = nbytes = 0
+    columns: list[str] = []
+    coverage: dict[str, list[int]] = {}
+    issues: list[fmt.ValidationIssue] = []
+    ids: dict[str, list[str]] = {}
+    for shard in shards:
+        name = storage.basename(shard)
+        fs, p = storage.get_fs(shard, cfg)
+        nbytes += fs.size(p)
+        try:
+            table = fmt.read_shard(shard, cfg)
+        except fmt.FormatError as exc:
+            issues.append(fmt.ValidationIssue(name, None, None, str(exc).split(": ", 1)[-1]))
+            continue
+        issues.extend(fmt.validate_table(table, name, decode))
+        columns = columns or table.column_names
+        episodes += table.num_rows
+        if "actions" in table.column_names:
+            transitions += int(pc.sum(pc.list_value_length(table.column("actions"))).as_py() or 0)
+        if "num_subtasks" in table.column_names:
+            k_hist.update(table.column("num_subtasks").to_pylist())
+        if "split" in table.column_names:
+            splits.update(table.column("split").to_pylist())
+        if "episode_id" in table.column_names:
+            ids[name] = table.column("episode_id").to_pylist()
+        for labeler in fmt.labelers_present(table.schema):
+            done, total = label_coverage(table, labeler)
+            acc = coverage.setdefault(labeler, [0, 0])
+            acc[0] += done
+            acc[1] += total
+    issues.extend(fmt.duplicate_ids(ids))
+    return {
+        "path": path,
+        "shards": len(shards),
+        "episodes": episodes,
+        "transitions": transitions,
+        "bytes": nbytes,
+        "k_histogram": dict(sorted(k_hist.items())),
+        "splits": dict(splits),
+        "columns": columns,
+        "labels": {
+            name: {"steps_labeled": d, "steps": t, "coverage": round(d / t, 4) if t else 0.0}
+            for name, (d, t) in coverage.items()
+        },
+        "validation_errors": [str(i) for i in issues],
+    }
+
+
+def render(summary: dict) -> str:
+    lines = [
+        f"dataset      {summary['path']}",
+        f"shards       {summary['shards']}  ({summary['bytes'] / 1e6:.1f} MB)",
+        f"episodes     {summary['episodes']}",
+        f"transitions  {summary['transitions']}",
+        f"splits       {summary['splits']}",
+        "k histogram  " + "  ".join(f"k={k}: {n}" for k, n in summary["k_histogram"].items()),
+        f"columns      {', '.join(summary['columns'])}",
+    ]
+    if summary["labels"]:
+        for name, c in summary["labels"].items():
+            lines.append(
+                f"labels       {name}: {c['steps_labeled']}/{c['steps']} steps ({100 * c['coverage']:.1f}%)"
+            )
+    else:
+        lines.append("labels       none (label with `rgvlm label --in PATH --out PATH --engine ...`)")
+    errors = summary["validation_errors"]
+    lines.append(f"validation   {'ok' if not errors else f'{len(errors)} error(s)'}")
+    lines.extend(f"  - {e}" for e in errors[:50])
+    if len(errors) > 50:
+        lines.append(f"  ... and {len(errors) - 50} more (use --json for all)")
+    return "\n".join(lines)
+
+
+def main(cfg: Config) -> int:
+    from rgvlm_ray.cli import require
+
+    require(cfg, "inspect.path")
+    try:
+        summary = summarize(cfg.inspect.path, cfg.storage, cfg.inspect.decode)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    print(json.dumps(summary, indent=2) if cfg.inspect.json else render(summary))
+    return 1 if summary["validation_errors"] else 0

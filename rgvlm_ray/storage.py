@@ -1,0 +1,115 @@
+"""Local and `s3://` storage through fsspec/s3fs, plus the pyarrow view of it that Ray Data takes."""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import IO
+
+import fsspec
+import pyarrow.fs as pafs
+
+from rgvlm_ray.config import StorageConfig
+
+
+def is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def resolved(cfg: StorageConfig) -> StorageConfig:
+    """Fill unset fields from the standard AWS variables, so the driver can hand Ray tasks explicit settings
+    (workers on a cluster may not share the driver's environment)."""
+    env = os.environ.get
+    return replace(
+        cfg,
+        endpoint_url=cfg.endpoint_url or env("AWS_ENDPOINT_URL_S3") or env("AWS_ENDPOINT_URL"),
+        region=cfg.region or env("AWS_DEFAULT_REGION") or env("AWS_REGION"),
+        access_key_id=cfg.access_key_id or env("AWS_ACCESS_KEY_ID"),
+        secret_access_key=cfg.secret_access_key or env("AWS_SECRET_ACCESS_KEY"),
+        session_token=cfg.session_token or env("AWS_SESSION_TOKEN"),
+    )
+
+
+def _s3_options(cfg: StorageConfig) -> dict:
+    cfg = resolved(cfg)
+    client_kwargs = {
+        k: v for k, v in {"endpoint_url": cfg.endpoint_url, "region_name": cfg.region}.items() if v
+    }
+    opts: dict = {
+        "client_kwargs": client_kwargs,
+        # botocore's adaptive mode backs off on SlowDown/503 and retries 5xx and dropped connections.
+        "config_kwargs": {"retries": {"max_attempts": cfg.max_attempts, "mode": "adaptive"}},
+        "skip_instance_cache": True,
+    }
+    for option, value in (
+        ("key", cfg.access_key_id),
+        ("secret", cfg.secret_access_key),
+        ("token", cfg.session_token),
+    ):
+        if value:
+            opts[option] = value
+    return opts
+
+
+def get_fs(path: str, cfg: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path without scheme) for a local path or an `s3://` URL."""
+    cfg = cfg or StorageConfig()
+    if path.startswith("s3://"):
+        fs = fsspec.filesystem("s3", **_s3_options(cfg))
+        return fs, path[len("s3://") :].rstrip("/")
+    if is_remote(path):
+        raise ValueError(f"unsupported storage scheme in {path!r}: use a local path or s3://bucket/prefix")
+    local = path[len("file://") :] if path.startswith("file://") else path
+    return fsspec.filesystem("file"), os.path.abspath(local)
+
+
+def arrow_fs(path: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem Ray Data and pyarrow.parquet take, and the path to pass with it."""
+    fs, stripped = get_fs(path, cfg)
+    if not is_remote(path):
+        return pafs.LocalFileSystem(), stripped
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), stripped
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(base.rstrip("/"), *parts)
+    return os.path.join(base, *parts)
+
+
+def basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/"))
+
+
+def with_scheme(original: str, stripped: str) -> str:
+    """Put back the scheme `get_fs` stripped, for paths reported to users."""
+    return f"s3://{stripped}" if original.startswith("s3://") else stripped
+
+
+@contextmanager
+def atomic_open(path: str, cfg: StorageConfig | None = None) -> Iterator[IO[bytes]]:
+    """Write a file so that readers see either nothing or the whole file.
+
+    S3 PUTs (single or multipart) only become visible when complete, so a direct write is atomic.
+    On local disk we write a hidden temp file beside the target and rename it over.
+    """
+    fs, p = get_fs(path, cfg)
+    if is_remote(path):
+        with fs.open(p, "wb") as f:
+            yield f
+        return
+    fs.makedirs(os.path.dirname(p), exist_ok=True)
+    tmp = os.path.join(os.path.dirname(p), f".{os.path.basename(p)}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)

@@ -1,0 +1,37 @@
+"""Small builders shared by tests: real episodes from the generator, and a tiny synthetic one."""
+
+from __future__ import annotations
+
+import functools
+
+import pyarrow as pa
+
+from rgvlm_ray.config import EnvConfig, load_config
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.generate import build_shard, episode_plan
+
+
+@functools.lru_cache(maxsize=8)
+def generated_table(episodes: int = 6, subtasks: str = "1-6", seed: int = 0, noise: float = 0.25) -> pa.Table:
+    cfg = load_config(
+        overrides={
+            "generate.out": "unused",
+            "generate.episodes": episodes,
+            "generate.subtasks": subtasks,
+            "generate.seed": seed,
+            "generate.expert_noise": noise,
+        }
+    )
+    return build_shard(cfg, episode_plan(cfg.generate))
+
+
+def env_config() -> EnvConfig:
+    return EnvConfig()
+
+
+def rows(table: pa.Table) -> list[dict]:
+    return table.to_pylist()
+
+
+def table_from_rows(rows_: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows_, schema=fmt.EPISODE_SCHEMA).drop_columns(["frames_full"])
