@@ -9,6 +9,7 @@ OUT ?= runs/demo
 
 $(BIN)/rgvlm: pyproject.toml constraints.txt
 	$(PY) -m venv $(VENV)
+	$(PIP) install --upgrade pip  # pip 23's resolver fails on s3fs's exact fsspec pin
 	$(PIP) install -c constraints.txt torch==2.13.0
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $@
