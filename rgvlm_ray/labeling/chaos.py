@@ -1,0 +1,54 @@
+"""Fault injection (`label.chaos`), to rehearse how a labeling run survives crashes and hangs.
+
+- `crash-once:PATH`: the first actor call that finds no file at PATH creates it and kills its process, like an
+  OOM kill; Ray restarts the actor and retries the batch.
+- `hang-once:PATH`: the first call that finds no file at PATH creates it and never returns, like a wedged
+  engine; `label.batch_timeout_s` must fire.
+- `hang:PATH`: every call never returns (PATH is only touched), like an engine that is wedged for good.
+PATH is on a disk every actor sees (local runs, or a shared mount). Leave `label.chaos` empty in production.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from rgvlm_ray.errors import UsageError
+
+MODES = ("crash-once", "hang-once", "hang")
+
+
+def _claim(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
+
+
+class ChaosLabeler:
+    def __init__(self, inner, mode: str, path: str) -> None:
+        self.inner, self.mode, self.path = inner, mode, path
+        self.name, self.fingerprint = inner.name, inner.fingerprint
+
+    def label_rows(self, rows: list[dict]) -> list[dict]:
+        if _claim(self.path) or self.mode == "hang":
+            if self.mode == "crash-once":
+                os._exit(1)
+            threading.Event().wait()
+        return self.inner.label_rows(rows)
+
+    def stats(self) -> dict:
+        return self.inner.stats()
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def wrap(labeler, spec: str):
+    if not spec:
+        return labeler
+    mode, _, path = spec.partition(":")
+    if mode not in MODES or not path:
+        raise UsageError(f"label.chaos must be '' or one of {[m + ':PATH' for m in MODES]}, got {spec!r}")
+    return ChaosLabeler(labeler, mode, path)
