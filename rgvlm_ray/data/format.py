@@ -106,7 +106,7 @@ def conform(table: pa.Table) -> pa.Table:
     for labeler in LABELERS:
         types.update({f.name: f.type for f in label_schema(labeler)})
     fields = [pa.field(n, types.get(n, table.schema.field(n).type)) for n in table.column_names]
-    return table.cast(pa.schema(fields))
+    return table.cast(pa.schema(fields, metadata=table.schema.metadata))  # keep e.g. generator metadata
 
 
 def with_version(table: pa.Table) -> pa.Table:
@@ -143,6 +143,13 @@ def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] |
             f"(this rgvlm-ray reads {SCHEMA_VERSION})"
         )
     return table
+
+
+def read_schema(path: str, cfg: StorageConfig | None = None) -> pa.Schema:
+    """A shard's schema from its footer, without reading the data."""
+    fs, p = storage.get_fs(path, cfg)
+    with fs.open(p, "rb") as f:
+        return pq.read_schema(f)
 
 
 def list_shards(path: str, cfg: StorageConfig | None = None) -> list[str]:
