@@ -28,6 +28,7 @@ class Flag:
     type: Any = str  # str | int | float | bool (bool flags take no value)
     help: str = ""
     positional: bool = False
+    nargs: str | None = None  # positional only: "*" collects several values into a list key
 
 
 @dataclass(frozen=True)
@@ -65,15 +66,110 @@ COMMANDS: dict[str, Command] = {
             *STORAGE_FLAGS,
         ],
     ),
-    "make-tiny-vlm": Command("build a tiny random Qwen2-VL for tests and the CPU demo", None),
-    "label-episode": Command("label one episode and print prompts, analysis and scores", None),
-    "label": Command("label a corpus of shards with Ray Data actor pools", None),
-    "label-report": Command("label-quality report against ground-truth progress", None),
-    "train": Command("train language-conditioned IQL with Ray Train", None),
-    "evaluate": Command("evaluate a checkpoint by sub-task count k = 1..6", None),
-    "compare": Command("compare runs in one table and plot", None),
+    "make-tiny-vlm": Command(
+        "build a tiny random Qwen2-VL (or CLIP) for tests and the CPU demo",
+        "rgvlm_ray.labeling.tiny_vlm:main",
+        [
+            Flag("--out", "tiny_model.out", help="output directory"),
+            Flag("--kind", "tiny_model.kind", help="qwen2_vl | clip"),
+            Flag("--seed", "tiny_model.seed", int),
+        ],
+    ),
+    "label-episode": Command(
+        "label one episode and print prompts, analysis and scores",
+        "rgvlm_ray.labeling.episode_cli:main",
+        [
+            Flag("--in", "label_episode.in_path", help="dataset folder, s3:// prefix or shard"),
+            Flag("--episode", "label_episode.episode", help="episode id (default: the first one)"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--model", "engine.model", help="hub id or local model directory"),
+            Flag("--window", "labeler.window", int, "actions per judge call"),
+            Flag("--view", "labeler.view", help="frames | frames_full"),
+            Flag("--json", "label_episode.json", bool, "print one JSON object"),
+            *STORAGE_FLAGS,
+        ],
+    ),
+    "label": Command(
+        "label a corpus of shards with Ray Data actor pools (resumable; see docs/labeling-job.md)",
+        "rgvlm_ray.labeling.pipeline:main",
+        [
+            Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
+            Flag("--out", "label.out_path", help="output folder or s3:// prefix (shards keep their names)"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--model", "engine.model", help="hub id or local model directory"),
+            Flag("--force", "label.force", bool, "relabel every shard"),
+            Flag("--allow-quarantine", "label.allow_quarantine", bool, "exit 0 despite quarantined shards"),
+            Flag("--actors", "label.max_actors", int, "max actors in the pool"),
+            Flag("--episodes-per-batch", "label.episodes_per_batch", int),
+            *STORAGE_FLAGS,
+        ],
+    ),
+    "label-report": Command(
+        "label-quality report: correlation of labels with ground-truth progress, by k",
+        "rgvlm_ray.labeling.report:main",
+        [
+            Flag("--in", "label_report.in_path", help="labeled dataset: folder or s3:// prefix"),
+            Flag("--labeler", "label_report.labeler", help="rgvlm | clip | oracle (default: all present)"),
+            Flag("--out", "label_report.out", help="local folder for the report files"),
+            Flag("--json", "label_report.json", bool, "print JSON"),
+            *STORAGE_FLAGS,
+        ],
+    ),
+    "train": Command(
+        "train language-conditioned IQL with Ray Train",
+        "rgvlm_ray.iql.trainer:main",
+        [
+            Flag("--in", "train.in_path", help="labeled episodes: folder or s3:// prefix"),
+            Flag("--out", "train.out_path", help="run folder or s3:// prefix; a rerun resumes from it"),
+            Flag("--reward", "train.reward", help="sparse | rgvlm | rgvlm+sparse | clip | oracle"),
+            Flag("--workers", "train.workers", int, "Ray Train workers (DDP)"),
+            Flag("--steps", "train.steps", int, "total updates"),
+            Flag("--cpus-per-worker", "train.cpus_per_worker", float, "default: leave a CPU for Ray Data"),
+            Flag("--obs-mode", "iql.obs_mode", help="symbolic | image"),
+            Flag("--batch-size", "iql.batch_size", int),
+            *STORAGE_FLAGS,
+        ],
+    ),
+    "evaluate": Command(
+        "evaluate a checkpoint by sub-task count k = 1..6",
+        "rgvlm_ray.iql.evaluate:main",
+        [
+            Flag("--checkpoint", "eval.checkpoint", help="run folder or one checkpoint"),
+            Flag("--out", "eval.out", help="folder for eval.json, eval.md and eval.png"),
+            Flag("--episodes-per-k", "eval.episodes_per_k", int),
+            Flag("--split", "eval.split", help="seen | randomized"),
+            Flag("--max-steps", "eval.max_steps", int, "episode step limit (default: the env's)"),
+            Flag("--greedy", "eval.greedy", bool, "argmax actions instead of sampling"),
+            *STORAGE_FLAGS,
+        ],
+    ),
+    "compare": Command(
+        "compare runs in one table and plot",
+        "rgvlm_ray.iql.compare:main",
+        [
+            Flag("runs", "compare.runs", positional=True, nargs="*", help="run or eval folders"),
+            Flag("--out", "compare.out", help="folder for compare.json, compare.md and compare.png"),
+            Flag("--title", "compare.title"),
+            *STORAGE_FLAGS,
+        ],
+    ),
     "run": Command("the end-to-end demo: generate, label, train, evaluate, report", None),
-    "relabel": Command("label only new shards, for scheduled runs", None),
+    "relabel": Command(
+        "label only new or changed shards, then optionally retrain: safe to run from cron",
+        "rgvlm_ray.labeling.relabel:main",
+        [
+            Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
+            Flag("--out", "label.out_path", help="labeled output: folder or s3:// prefix"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--model", "engine.model", help="hub id or local model directory"),
+            Flag("--then-train", "relabel.then_train", bool, "retrain when something new was labeled"),
+            Flag("--train-root", "relabel.train_root", help="folder or s3:// prefix for new training runs"),
+            Flag("--reward", "train.reward", help="reward mode for retraining"),
+            Flag("--steps", "train.steps", int, "updates for retraining"),
+            Flag("--allow-quarantine", "label.allow_quarantine", bool, "exit 0 despite quarantined shards"),
+            *STORAGE_FLAGS,
+        ],
+    ),
 }
 
 
@@ -96,7 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
         for flag in cmd.flags:
             kwargs: dict[str, Any] = {"help": f"{flag.help} [{flag.key}]".strip(), "dest": flag.key}
             if flag.positional:
-                p.add_argument(flag.key, nargs="?", default=None, help=kwargs["help"], metavar=flag.name)
+                nargs = flag.nargs or "?"
+                p.add_argument(flag.key, nargs=nargs, default=None, help=kwargs["help"], metavar=flag.name)
             elif flag.type is bool:
                 p.add_argument(flag.name, action="store_const", const=True, default=None, **kwargs)
             else:
@@ -107,7 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split_overrides(args: argparse.Namespace, cmd: Command) -> tuple[dict[str, Any], list[str]]:
     flags = {f.key: getattr(args, f.key) for f in cmd.flags if getattr(args, f.key) is not None}
-    return flags, list(args.overrides)
+    dotlist = list(args.overrides)
+    for key, value in list(flags.items()):
+        if isinstance(value, list):  # a list positional swallows the key=value overrides after it
+            flags[key] = [v for v in value if "=" not in v]
+            dotlist = [v for v in value if "=" in v] + dotlist
+    return flags, dotlist
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -152,8 +152,40 @@ class LabelConfig:
 
     in_path: str = ""  # required
     out_path: str = ""  # required
-    force: bool = False
-    allow_quarantine: bool = False
+    force: bool = False  # relabel every shard, even those the manifest says are current
+    allow_quarantine: bool = False  # exit 0 even if some shards were quarantined
+    min_actors: int = 1
+    max_actors: int = 2  # on a GPU cluster: one actor per GPU
+    num_cpus_per_actor: float = 0.5  # fractional on small machines, or actors starve the read tasks
+    num_gpus_per_actor: float = 0.0  # 1 for hf/vllm engines on GPU nodes (vllm TP: tensor_parallel_size)
+    episodes_per_batch: int = 4  # episodes per actor call; each yields ceil(T/window) windows x 2 stages
+    max_restarts: int = 3  # actor restarts after a crash or OOM kill (-1: Ray's default, unbounded)
+    max_task_retries: int = 3  # retries of a batch whose actor died (-1: Ray's default, unbounded)
+    batch_timeout_s: float = (
+        1800.0  # a batch taking longer is recorded as engine_error and the actor restarts
+    )
+    lease_ttl_s: float = 600.0  # a dead run's leases expire after this; live runs renew every ttl/3
+    num_cpus_per_check: float = 0.25
+    chaos: str = (
+        ""  # fault injection for rehearsals: crash-once:PATH | hang-once:PATH (rgvlm_ray/labeling/chaos.py)
+    )
+
+
+@dataclass
+class RelabelConfig:
+    """The scheduled job (rgvlm relabel): label what is new, then optionally retrain."""
+
+    then_train: bool = False
+    train_root: str = ""  # each retrain writes a new run folder <train_root>/<UTC timestamp>
+    train_always: bool = False  # retrain even when nothing new was labeled
+
+
+@dataclass
+class LabelReportConfig:
+    in_path: str = ""  # required: a labeled dataset
+    labeler: str = ""  # rgvlm | clip | oracle; empty: every labeler present
+    out: str = "label-report"  # local folder for label_report.{md,json} and scores_hist.png
+    json: bool = False
 
 
 @dataclass
@@ -173,7 +205,7 @@ class IQLConfig:
     lr: float = 3e-4  # paper, CORL (BOSS/SPRINT ALFRED: 5e-5, for far longer runs)
     actor_cosine: bool = True  # CORL: cosine decay of the actor's lr over train.steps
     batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
-    actor_trains_encoder: bool = False  # False: only the Q and V losses train the shared encoder
+    actor_trains_encoder: bool = True  # the policy loss trains the shared encoder too (docs/iql.md)
     reward_weights: dict[str, float] = field(default_factory=lambda: {"rgvlm": 1.0, "sparse": 1.0})
     normalize_reward: bool = False  # scale rewards so episode returns span 1 (IQL paper's return scaling)
     null_reward: str = "zero"  # unscored steps (null reward): zero | drop (the transition)
@@ -227,6 +259,8 @@ class Config:
     label_episode: LabelEpisodeConfig = field(default_factory=LabelEpisodeConfig)
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    label_report: LabelReportConfig = field(default_factory=LabelReportConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)

@@ -400,12 +400,8 @@ def run(cfg: Config) -> dict:
     return summary
 
 
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "label.in_path", "label.out_path")
-    summary = run(cfg)
-    print(json.dumps(summary, indent=2))
+def exit_code(summary: dict, allow_quarantine: bool) -> int:
+    """Print the balance check and what needs attention; 0 only if nothing does."""
     ep, shards = summary["episodes"], summary["shards"]
     print(
         f"episodes in {ep['in']} = labeled {ep['labeled']} + errored {ep['errored']} + in quarantined shards "
@@ -414,15 +410,27 @@ def main(cfg: Config) -> int:
     )
     if shards["unreadable"]:
         print(f"note: unreadable shards have unknown episode counts: {', '.join(shards['unreadable'])}")
+    if ep["errored"]:
+        print(
+            f"{ep['errored']} episode(s) errored (see *_episode_error); their shards are labeled again next run"
+        )
     if not ep["balanced"]:
         return 1
     if shards["failed"]:
         print(f"failed shards (rerun to retry): {', '.join(shards['failed'])}")
         return 1
-    if shards["quarantined"] and not cfg.label.allow_quarantine:
-        print(
-            f"quarantined shards (see {storage.join(cfg.label.out_path, '_manifest.json')}): {', '.join(shards['quarantined'])}"
-        )
+    if shards["quarantined"] and not allow_quarantine:
+        manifest = storage.join(summary["out"], "_manifest.json")
+        print(f"quarantined shards (see {manifest}): {', '.join(shards['quarantined'])}")
         print("exiting non-zero; pass --allow-quarantine to accept them")
         return 1
     return 0
+
+
+def main(cfg: Config) -> int:
+    from rgvlm_ray.cli import require
+
+    require(cfg, "label.in_path", "label.out_path")
+    summary = run(cfg)
+    print(json.dumps(summary, indent=2))
+    return exit_code(summary, cfg.label.allow_quarantine)

@@ -1,0 +1,57 @@
+"""The label columns every labeler writes (rgvlm_ray.data.format.LABEL_FIELDS under its own prefix)."""
+
+from __future__ import annotations
+
+from rgvlm_ray.data.format import LABEL_FIELDS, label_column
+
+
+def label_columns(
+    name: str,
+    *,
+    score: list,
+    reward: list,
+    window: list,
+    status: list,
+    message: list,
+    analysis: list,
+    fingerprint: str,
+    score_std: list | None = None,
+    episode_status: str = "ok",
+    episode_error: str = "",
+) -> dict:
+    values = {
+        "score": score,
+        "score_std": score_std if score_std is not None else [None] * len(score),
+        "reward": reward,
+        "window": window,
+        "status": status,
+        "message": message,
+        "analysis": analysis,
+        "fingerprint": fingerprint,
+        "episode_status": episode_status,
+        "episode_error": episode_error,
+    }
+    assert values.keys() == LABEL_FIELDS.keys(), "format.LABEL_FIELDS changed: update columns.py"
+    return {label_column(name, k): v for k, v in values.items()}
+
+
+def error_columns(name: str, num_actions: int, message: str, fingerprint: str) -> dict:
+    """An episode that could not be labeled at all: kept, every step null with status `error`."""
+    t = max(0, num_actions)
+    return label_columns(
+        name,
+        score=[None] * t,
+        reward=[None] * t,
+        window=[None] * t,
+        status=["error"] * t,
+        message=[message] * t,
+        analysis=[],
+        fingerprint=fingerprint,
+        episode_status="error",
+        episode_error=message,
+    )
+
+
+def num_actions(row: dict) -> int:
+    actions = row.get("actions")
+    return len(actions) if actions is not None else 0

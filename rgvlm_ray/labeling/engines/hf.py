@@ -1,0 +1,213 @@
+"""`hf` engine: transformers AutoModelForImageTextToText + AutoProcessor, batched, constrained by xgrammar.
+
+The same load path serves a hub id (Qwen/Qwen2.5-VL-7B-Instruct) and a local dir (the tiny test model).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from itertools import groupby
+
+from transformers import AutoConfig, AutoProcessor
+from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
+from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLProcessor
+
+from rgvlm_ray.config import EngineConfig
+from rgvlm_ray.labeling.engines.base import (
+    ChatRequest,
+    Completion,
+    Conversation,
+    EngineTimeout,
+    chunks,
+    images_of,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
+    """Qwen2-VL's processor without its video processor, which needs torchvision (we never send video)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class ImageOnlyQwen2_5_VLProcessor(Qwen2_5_VLProcessor):  # noqa: N801 (transformers' naming)
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+IMAGE_ONLY_PROCESSORS = {
+    Qwen2VLConfig: ImageOnlyQwen2VLProcessor,
+    Qwen2_5_VLConfig: ImageOnlyQwen2_5_VLProcessor,
+}
+
+
+def register_processors() -> None:
+    """Register the image-only Qwen-VL processors with AutoProcessor (idempotent).
+
+    The tiny model is saved with `ImageOnlyQwen2VLProcessor` as its processor class, which AutoProcessor
+    resolves only after this registration, so tests go through exactly the load path of real checkpoints.
+    """
+    for config_cls, proc_cls in IMAGE_ONLY_PROCESSORS.items():
+        AutoProcessor.register(config_cls, proc_cls, exist_ok=True)
+
+
+def load_processor(model: str, revision: str | None = None):
+    """AutoProcessor, falling back to the image-only Qwen-VL processor when the stock one needs torchvision.
+
+    A hub checkpoint names its stock processor class (e.g. Qwen2_5_VLProcessor) in processor_config.json, so
+    the registration alone does not help there; on a machine without torchvision its video processor fails
+    to load, and the image-only subclass (same tokenizer, image processor and chat template) takes over.
+    """
+    register_processors()
+    try:
+        return AutoProcessor.from_pretrained(model, revision=revision)
+    except (AttributeError, ImportError, OSError, ValueError) as exc:
+        fallback = IMAGE_ONLY_PROCESSORS.get(type(AutoConfig.from_pretrained(model, revision=revision)))
+        if fallback is None:
+            raise
+        log.info("stock processor for %s did not load (%s); using %s", model, exc, fallback.__name__)
+        return fallback.from_pretrained(model, revision=revision)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str, device: str):
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return getattr(torch, dtype)
+
+
+def to_hf_messages(messages: Conversation) -> list[dict]:
+    """Images become bare placeholders for the chat template; the pixels go to the processor separately."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str):
+            content = [{"type": "image"} if p["type"] == "image" else p for p in content]
+        out.append({"role": m["role"], "content": content})
+    return out
+
+
+class HFEngine:
+    supports_schema = True
+
+    def __init__(self, cfg: EngineConfig) -> None:
+        import torch
+        import xgrammar as xgr
+        from transformers import AutoModelForImageTextToText
+
+        self.cfg = cfg
+        self.model_id = cfg.model
+        self.device = resolve_device(cfg.device)
+        self.processor = load_processor(cfg.model, cfg.revision)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"  # decoder-only batching: prompts end where generation starts
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForImageTextToText.from_pretrained(
+            cfg.model, revision=cfg.revision, dtype=resolve_dtype(cfg.dtype, self.device)
+        ).to(self.device)
+        self.model.eval()
+        eos = self.model.generation_config.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [self.tokenizer.eos_token_id])
+        vocab = self.model.config.get_text_config().vocab_size
+        info = xgr.TokenizerInfo.from_huggingface(
+            self.tokenizer, vocab_size=vocab, stop_token_ids=self.eos_ids
+        )
+        self.compiler = xgr.GrammarCompiler(info)
+        self._grammars: dict[str, object] = {}
+        self._torch = torch
+
+    def _grammar(self, schema: dict):
+        key = json.dumps(schema, sort_keys=True)
+        if key not in self._grammars:
+            self._grammars[key] = self.compiler.compile_json_schema(key, any_whitespace=False)
+        return self._grammars[key]
+
+    def generate(self, requests: list[ChatRequest]) -> list[Completion]:
+        results: dict[int, Completion] = {}
+
+        # One generate call needs one max_new_tokens, and either all rows constrained or none. Rows of one
+        # sampled batch draw different random numbers, so self-consistency samples can share a call.
+        def key(i: int) -> tuple:
+            r = requests[i]
+            return (r.schema is None, r.max_new_tokens)
+
+        order = sorted(range(len(requests)), key=key)
+        for _, group in groupby(order, key=key):
+            for idx in chunks(list(group), self.cfg.batch_size):
+                try:
+                    out = self._generate_batch([requests[i] for i in idx])
+                except Exception as exc:  # a timeout or OOM in one batch keeps the other batches' results
+                    log.warning("hf generate on %d conversation(s) failed: %s", len(idx), exc)
+                    out = [Completion(None, error=f"{type(exc).__name__}: {exc}") for _ in idx]
+                for i, c in zip(idx, out, strict=True):
+                    results[i] = c
+        return [results[i] for i in range(len(requests))]
+
+    def _generate_batch(self, batch: list[ChatRequest]) -> list[Completion]:
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        torch = self._torch
+        texts = [
+            self.processor.apply_chat_template(
+                to_hf_messages(r.messages), tokenize=False, add_generation_prompt=True
+            )
+            for r in batch
+        ]
+        images = [im for r in batch for im in images_of(r.messages)]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        inputs = inputs.to(self.device)
+        kwargs: dict = {
+            "max_new_tokens": batch[0].max_new_tokens,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if self.cfg.temperature > 0:
+            kwargs.update(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p)
+            torch.manual_seed(self.cfg.seed if batch[0].seed is None else batch[0].seed)
+        else:
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if batch[0].schema is not None:
+            # A fresh processor per call (it keeps matcher state); one grammar per row of the batch.
+            kwargs["logits_processor"] = [LogitsProcessor([self._grammar(r.schema) for r in batch])]
+        start = time.monotonic()
+        with torch.inference_mode():
+            # max_time stops generation at the deadline; the check below turns that into an error.
+            out = self.model.generate(**inputs, max_time=self.cfg.timeout_s, **kwargs)
+        elapsed = time.monotonic() - start
+        if elapsed >= self.cfg.timeout_s:
+            raise EngineTimeout(
+                f"hf generate on {len(batch)} conversation(s) ran {elapsed:.0f}s, past engine.timeout_s="
+                f"{self.cfg.timeout_s:g}; raise it or lower engine.batch_size / max_new_tokens"
+            )
+        prompt_len = inputs["input_ids"].shape[1]
+        new = out[:, prompt_len:].cpu()
+        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        texts_out = self.processor.batch_decode(new, skip_special_tokens=True)
+        return [
+            Completion(text=t, prompt_tokens=int(p), completion_tokens=self._count(row))
+            for t, p, row in zip(texts_out, prompt_tokens, new.tolist(), strict=True)
+        ]
+
+    def _count(self, row: list[int]) -> int:
+        """Generated tokens up to and including the first stop token (the rest is padding)."""
+        for i, tok in enumerate(row):
+            if tok in self.eos_ids:
+                return i + 1
+        return len(row)
+
+    def close(self) -> None:
+        self.model = None
+        self._grammars.clear()

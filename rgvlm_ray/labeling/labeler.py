@@ -1,0 +1,192 @@
+"""The labeler interface the distributed job calls: `build_labeler(engine_cfg, labeler_cfg).label_rows(rows)`.
+
+`engine.kind` picks the labeler: hf | vllm | openai -> `rgvlm` (an LVLM judge), clip -> `clip`,
+oracle -> `oracle`. Every labeler returns, per episode row, the columns of format.LABEL_FIELDS under its
+own prefix, and never raises for one bad episode: it gets episode_status="error" and null scores instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Protocol
+
+from rgvlm_ray.config import EngineConfig, LabelerConfig
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labeling import oracle, prompts, rgvlm, windows
+from rgvlm_ray.labeling.columns import error_columns, num_actions
+from rgvlm_ray.labeling.engines import LVLM_ENGINES, Engine, make_engine
+
+log = logging.getLogger(__name__)
+KINDS = (*LVLM_ENGINES, "clip", "oracle")
+# Small files that identify a local checkpoint; weights are identified by name and size (hashing a 15 GB
+# checkpoint would make the fingerprint expensive).
+IDENTITY_FILES = (
+    "config.json",
+    "generation_config.json",
+    "preprocessor_config.json",
+    "processor_config.json",
+)
+
+
+class Labeler(Protocol):
+    name: str  # rgvlm | clip | oracle
+    fingerprint: str
+
+    def label_rows(self, rows: list[dict]) -> list[dict]: ...
+    def stats(self) -> dict: ...
+    def close(self) -> None: ...
+
+
+def labeler_name(kind: str) -> str:
+    if kind in LVLM_ENGINES:
+        return rgvlm.NAME
+    if kind in ("clip", "oracle"):
+        return kind
+    raise UsageError(f"engine.kind must be one of {KINDS}, got {kind!r}")
+
+
+def model_identity(model: str, revision: str | None) -> dict:
+    """The model id or dir, its revision, and for a local dir a digest of its contents (cheap)."""
+    ident: dict = {"model": model, "revision": revision}
+    path = Path(model).expanduser()
+    if path.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(p for p in path.rglob("*") if p.is_file()):
+            rel = str(f.relative_to(path))
+            h.update(f"{rel}\0{f.stat().st_size}\0".encode())
+            if f.name in IDENTITY_FILES:
+                h.update(f.read_bytes())
+        ident["model"] = str(path.resolve())
+        ident["contents"] = h.hexdigest()
+    return ident
+
+
+def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
+    """Everything that can change a label; batch size, timeouts and concurrency are left out."""
+    name = labeler_name(ecfg.kind)
+    if name == "oracle":
+        return {"labeler": "oracle", "version": oracle.VERSION}
+    common = {
+        "labeler": name,
+        "model": model_identity(ecfg.model, ecfg.revision),
+        "dtype": ecfg.dtype,
+        "image_size": lcfg.image_size,
+        "view": lcfg.view,
+        "reward": [lcfg.reward_scale, lcfg.reward_shift],
+        "max_goal_chars": lcfg.max_goal_chars,
+    }
+    if name == "clip":
+        return common
+    spec = {
+        **common,
+        "engine": ecfg.kind,
+        "prompt": [lcfg.prompt_version, prompts.prompt_digest(lcfg.prompt_version)],
+        "sampling": {
+            "temperature": ecfg.temperature,
+            "top_p": ecfg.top_p,
+            "seed": ecfg.seed,
+            "max_new_tokens": [ecfg.max_new_tokens_analysis, ecfg.max_new_tokens_scores],
+            "num_samples": lcfg.num_samples,
+            "max_parse_retries": lcfg.max_parse_retries,
+        },
+        "windows": [lcfg.window, lcfg.overlap],
+    }
+    if ecfg.kind == "openai":  # one model name can mean different models on different endpoints
+        spec["endpoint"] = [ecfg.openai.base_url, ecfg.openai.response_format_json_schema]
+    return spec
+
+
+def labeler_fingerprint(ecfg: EngineConfig, lcfg: LabelerConfig) -> str:
+    """Changes whenever anything that can change the labels changes; loads no model."""
+    if labeler_name(ecfg.kind) == "oracle":
+        return oracle.fingerprint()
+    blob = json.dumps(fingerprint_spec(ecfg, lcfg), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+class RGVLMLabeler:
+    name = rgvlm.NAME
+
+    def __init__(self, ecfg: EngineConfig, lcfg: LabelerConfig, fingerprint: str, engine: Engine) -> None:
+        self.ecfg, self.lcfg, self.fingerprint, self.engine = ecfg, lcfg, fingerprint, engine
+        self.counters = rgvlm.Counters()
+
+    def label_episodes(self, rows: list[dict]) -> list[rgvlm.EpisodeLabel]:
+        """The full trace (conversations, analyses, replies) for inspection (`rgvlm label-episode`)."""
+        return rgvlm.label_episodes(self.engine, self.ecfg, self.lcfg, rows, self.counters)
+
+    def label_rows(self, rows: list[dict]) -> list[dict]:
+        return [rgvlm.to_columns(ep, self.lcfg, self.fingerprint) for ep in self.label_episodes(rows)]
+
+    def stats(self) -> dict:
+        return self.counters.as_dict()
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+class OracleLabeler:
+    name = oracle.NAME
+
+    def __init__(self, fingerprint: str) -> None:
+        self.fingerprint = fingerprint
+        self.counters = {"episodes": 0, "errors": 0}
+
+    def label_rows(self, rows: list[dict]) -> list[dict]:
+        out = []
+        for row in rows:
+            try:
+                out.append(oracle.oracle_label(row))
+                self.counters["episodes"] += 1
+            except (UsageError, TypeError, ValueError) as exc:
+                self.counters["errors"] += 1
+                out.append(error_columns(oracle.NAME, num_actions(row), str(exc), self.fingerprint))
+        return out
+
+    def stats(self) -> dict:
+        return {
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "windows": 0,
+            "parse_failures": 0,
+            **self.counters,
+        }
+
+    def close(self) -> None:
+        pass
+
+
+def check_config(ecfg: EngineConfig, lcfg: LabelerConfig) -> None:
+    name = labeler_name(ecfg.kind)
+    if name == "oracle":
+        return
+    if not ecfg.model:
+        raise UsageError("engine.model is empty: pass --model with a hub id or a local model directory")
+    if lcfg.view not in rgvlm.VIEWS:
+        raise UsageError(f"labeler.view must be one of {rgvlm.VIEWS}, got {lcfg.view!r}")
+    if lcfg.image_size < 1:
+        raise UsageError(f"labeler.image_size must be positive, got {lcfg.image_size}")
+    if name == "rgvlm":
+        windows.check(lcfg.window, lcfg.overlap)
+        prompts.load_prompts(lcfg.prompt_version)
+        if lcfg.num_samples < 1 or lcfg.max_parse_retries < 0:
+            raise UsageError("labeler.num_samples must be >= 1 and labeler.max_parse_retries >= 0")
+        if lcfg.num_samples > 1 and ecfg.temperature <= 0:
+            log.warning("labeler.num_samples=%d with temperature 0: the samples will agree", lcfg.num_samples)
+
+
+def build_labeler(ecfg: EngineConfig, lcfg: LabelerConfig) -> Labeler:
+    """Check the settings and load the engine once (call it in a Ray actor's __init__)."""
+    check_config(ecfg, lcfg)
+    fp = labeler_fingerprint(ecfg, lcfg)
+    name = labeler_name(ecfg.kind)
+    if name == "oracle":
+        return OracleLabeler(fp)
+    if name == "clip":
+        from rgvlm_ray.labeling.clip import ClipLabeler
+
+        return ClipLabeler(ecfg, lcfg, fp)
+    return RGVLMLabeler(ecfg, lcfg, fp, make_engine(ecfg, lcfg))

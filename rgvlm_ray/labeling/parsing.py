@@ -1,0 +1,62 @@
+"""Scores from a model's reply, checked strictly: a score is never guessed, padded or clipped into range.
+
+Constrained engines always produce `{"scores": [...]}`; free-text endpoints may wrap it in prose or code
+fences, so the first JSON object with a `scores` key anywhere in the reply is used.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+MIN_SCORE, MAX_SCORE = 0, 10
+
+
+@dataclass(frozen=True)
+class Parsed:
+    scores: list[int] | None
+    error: str | None = None
+
+
+def _objects(text: str):
+    """Every JSON object that starts at some `{` in the text, in order."""
+    decoder = json.JSONDecoder()
+    i = text.find("{")
+    while i != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, i)
+        except (json.JSONDecodeError, RecursionError):
+            obj = None
+        if isinstance(obj, dict):
+            yield obj
+        i = text.find("{", i + 1)
+
+
+def _as_score(value) -> int | None:
+    if isinstance(value, bool):  # json true/false are ints in Python
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def parse_scores(text: str | None, num_actions: int) -> Parsed:
+    if not text or not text.strip():
+        return Parsed(None, "empty reply")
+    found = next((o for o in _objects(text) if "scores" in o), None)
+    if found is None:
+        return Parsed(None, 'no JSON object with a "scores" key')
+    raw = found["scores"]
+    if not isinstance(raw, list):
+        return Parsed(None, '"scores" is not a list')
+    if len(raw) != num_actions:
+        return Parsed(None, f"{len(raw)} scores for {num_actions} actions")
+    scores = [_as_score(v) for v in raw]
+    bad = [i for i, s in enumerate(scores) if s is None or not MIN_SCORE <= s <= MAX_SCORE]
+    if bad:
+        return Parsed(
+            None, f"score {bad[0] + 1} ({raw[bad[0]]!r}) is not an integer in {MIN_SCORE}..{MAX_SCORE}"
+        )
+    return Parsed(scores)  # type: ignore[arg-type]
