@@ -14,10 +14,8 @@ $(BIN)/rgvlm: pyproject.toml constraints.txt
 	$(PIP) install -c constraints.txt -e '.[dev]'
 	touch $@
 
-# Until `rgvlm run` (the end-to-end demo) lands, the demo generates a dataset and summarises it.
 demo: $(BIN)/rgvlm
-	$(BIN)/rgvlm generate --config local --out $(OUT)/data
-	$(BIN)/rgvlm inspect $(OUT)/data
+	$(BIN)/rgvlm run --config local --out $(OUT)
 
 lint: $(BIN)/rgvlm
 	$(BIN)/ruff check .

@@ -153,7 +153,19 @@ COMMANDS: dict[str, Command] = {
             *STORAGE_FLAGS,
         ],
     ),
-    "run": Command("the end-to-end demo: generate, label, train, evaluate, report", None),
+    "run": Command(
+        "the end-to-end demo: generate, label three ways, train per reward, evaluate by k, write report.md",
+        "rgvlm_ray.demo:main",
+        [
+            Flag("--out", "run.out", help="local folder for data, runs, evals and report.md"),
+            Flag("--engine", "engine.kind", help="RG-VLM engine: hf | vllm | openai (default hf)"),
+            Flag("--model", "engine.model", help="LVLM for RG-VLM labels (default: a tiny random Qwen2-VL)"),
+            Flag("--episodes", "generate.episodes", int),
+            Flag("--steps", "train.steps", int, "IQL updates per reward source"),
+            Flag("--episodes-per-k", "eval.episodes_per_k", int),
+            *STORAGE_FLAGS,
+        ],
+    ),
     "relabel": Command(
         "label only new or changed shards, then optionally retrain: safe to run from cron",
         "rgvlm_ray.labeling.relabel:main",

@@ -248,6 +248,18 @@ class CompareConfig:
 
 
 @dataclass
+class RunConfig:
+    """The end-to-end demo (rgvlm run)."""
+
+    out: str = ""  # required: a local folder
+    rewards: list[str] = field(default_factory=lambda: ["sparse", "rgvlm+sparse", "oracle", "clip", "rgvlm"])
+    clip_model: str = (
+        ""  # empty: a tiny random CLIP built on the spot (noise); e.g. openai/clip-vit-base-patch32
+    )
+    eval_split: str = "seen"  # seen | randomized
+
+
+@dataclass
 class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
@@ -265,6 +277,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
+    run: RunConfig = field(default_factory=RunConfig)
 
 
 def resolve_config_path(name: str) -> Path:

@@ -188,14 +188,13 @@ def summarize(results: list[dict], seconds: float) -> dict:
     }
 
 
-def main(cfg: Config) -> int:
+def run(cfg: Config) -> dict:
+    """Generate the dataset; returns the summary."""
     import ray
     from tqdm import tqdm
 
-    from rgvlm_ray.cli import require
     from rgvlm_ray.ray_utils import init_ray
 
-    require(cfg, "generate.out")
     g = cfg.generate
     if g.split not in fmt.SPLITS:
         raise UsageError(f"--split must be one of {fmt.SPLITS}, got {g.split!r}")
@@ -221,6 +220,12 @@ def main(cfg: Config) -> int:
             for r in ray.get(done):
                 results.append(r)
                 bar.update(r["episodes"])
-    summary = summarize(results, time.perf_counter() - start)
-    print(json.dumps({"out": g.out, **summary}, indent=2))
+    return {"out": g.out, **summarize(results, time.perf_counter() - start)}
+
+
+def main(cfg: Config) -> int:
+    from rgvlm_ray.cli import require
+
+    require(cfg, "generate.out")
+    print(json.dumps(run(cfg), indent=2))
     return 0
