@@ -1,0 +1,230 @@
+"""Labeled episodes -> flat transitions (s, g, a, r, s', done) with Ray Data.
+
+Frames are decoded here, once, into fixed-shape uint8 tensor columns (Ray's Arrow tensor type, not pickled
+objects); each Ray Train worker then reads its shard once into an in-memory replay buffer, so no pass over
+the data decodes a PNG again. The buffer holds a worker's share of the dataset: 1/N of the transitions,
+about 300 B each in symbolic mode and 19 KB each in image mode.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+from PIL import Image
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, EnvConfig, StorageConfig
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.iql.rewards import check_columns, episode_rewards, reward_columns
+from rgvlm_ray.iql.vocab import Vocab
+
+if TYPE_CHECKING:
+    from rgvlm_ray.iql.update import ReplayBuffer
+
+log = logging.getLogger(__name__)
+GENERATOR_KEY = b"rgvlm.generator"  # written by rgvlm_ray.data.generate
+OBS_COLUMNS = {"symbolic": "symbolic", "image": "frames"}
+EPISODE_ID_RE = re.compile(r"^(seen|randomized)-p(\d+)-k\d+-\d+$")
+TRANSITION_COLUMNS = ("obs", "next_obs", "action", "reward", "done", "goal_ids", "goal_length")
+EPISODES_PER_BLOCK = 8  # small Parquet files arrive as one block; split them so decoding runs in parallel
+
+
+@dataclass
+class DatasetInfo:
+    shards: list[str]
+    columns: list[str]
+    pool_seed: int | None  # the generator's seed pool: evaluation re-creates its missions from it
+    env: dict[str, Any] | None  # the generator's EnvConfig
+    source: str  # where pool_seed/env came from: metadata | episode_id | unknown
+
+
+def inspect_dataset(path: str, cfg: StorageConfig) -> DatasetInfo:
+    """Shards, columns and generator settings, from the first shard's footer (and ids, as a fallback)."""
+    try:
+        shards = fmt.list_shards(path, cfg)
+    except FileNotFoundError:
+        raise UsageError(f"--in {path}: no dataset there") from None
+    if not shards:
+        raise UsageError(f"--in {path}: no .parquet shards found")
+    fs, first = storage.get_fs(shards[0], cfg)
+    with fs.open(first, "rb") as f:
+        schema = pq.read_schema(f)
+    meta = (schema.metadata or {}).get(GENERATOR_KEY)
+    if meta is not None:
+        data = json.loads(meta)
+        return DatasetInfo(shards, schema.names, int(data["pool_seed"]), data.get("env"), "metadata")
+    # Shards rewritten without the generator's metadata still name the pool in every episode id.
+    with fs.open(first, "rb") as f:
+        ids = pq.read_table(f, columns=["episode_id"])["episode_id"].to_pylist()
+    match = EPISODE_ID_RE.match(ids[0]) if ids else None
+    if match:
+        log.warning("%s: no generator metadata; pool seed %s taken from episode ids", path, match.group(2))
+        return DatasetInfo(shards, schema.names, int(match.group(2)), None, "episode_id")
+    log.warning(
+        "%s: no generator metadata and unrecognised episode ids: seen-split evaluation is unknown", path
+    )
+    return DatasetInfo(shards, schema.names, None, None, "unknown")
+
+
+def check_dataset(info: DatasetInfo, reward: str, obs_mode: str, in_path: str) -> None:
+    check_columns(reward, info.columns, in_path)
+    needed = OBS_COLUMNS[obs_mode]
+    if needed not in info.columns:
+        other = "image" if obs_mode == "symbolic" else "symbolic"
+        raise UsageError(
+            f"iql.obs_mode={obs_mode} needs the column {needed!r}, which {in_path} lacks; "
+            f"use iql.obs_mode={other} or regenerate the dataset with `rgvlm generate`"
+        )
+
+
+def read_episodes(info: DatasetInfo, columns: list[str], cfg: StorageConfig) -> ray.data.Dataset:
+    fs, _ = storage.arrow_fs(info.shards[0], cfg)
+    paths = [storage.get_fs(s, cfg)[1] for s in info.shards]
+    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+
+
+# --- pass 1: goals and returns, for the vocabulary and the reward scale -------------------------------
+# Read on the driver with pyarrow: a few small columns, and it spares a Ray Data job's start-up (~5 s here).
+
+
+@dataclass
+class RewardStats:
+    goals: list[str]
+    episodes: int
+    steps: int
+    nulls: int
+    min_return: float
+    max_return: float
+
+    def scale(self, normalize: bool) -> float:
+        """IQL's return normalisation (paper, MuJoCo: r * 1000 / (max_return - min_return)).
+
+        Deviation: we scale the spread of episode returns to 1, not 1000; our returns are O(1) to O(k).
+        """
+        spread = self.max_return - self.min_return
+        return 1.0 / spread if normalize and spread > 1e-8 else 1.0
+
+
+def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
+    reward, weights, rule = cfg.train.reward, dict(cfg.iql.reward_weights), cfg.iql.null_reward
+    columns = ["goal", *reward_columns(reward)]
+    goals: list[str] = []
+    rets: list[float] = []
+    steps = nulls = 0
+    for shard in info.shards:
+        table = fmt.read_shard(shard, cfg.storage, columns=columns)
+        cols = {c: table.column(c).to_pylist() for c in reward_columns(reward)}
+        goals.extend(table.column("goal").to_pylist())
+        for i in range(table.num_rows):
+            r, keep, n = episode_rewards({c: v[i] for c, v in cols.items()}, reward, weights, rule)
+            rets.append(float(r[keep].sum()))
+            nulls += n
+            steps += len(r)
+    if not goals:
+        raise UsageError(f"--in {cfg.train.in_path}: the dataset has no episodes")
+    return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets))
+
+
+# --- pass 2: transitions ----------------------------------------------------------------------------------
+
+
+def decode_observations(values: list[bytes], obs_mode: str) -> np.ndarray:
+    """T+1 stored observations of one episode -> (T+1, 7, 7, 3) or (T+1, H, W, 3) uint8."""
+    if obs_mode == "symbolic":
+        return np.frombuffer(b"".join(values), dtype=np.uint8).reshape(-1, *fmt.SYMBOLIC_SHAPE)
+    frames = []
+    for png in values:
+        with Image.open(io.BytesIO(png)) as im:
+            frames.append(np.asarray(im.convert("RGB")))
+    return np.stack(frames)
+
+
+def to_transitions(
+    batch: pa.Table,
+    obs_mode: str,
+    reward: str,
+    weights: dict[str, float],
+    null_rule: str,
+    scale: float,
+    vocab: Vocab,
+) -> dict[str, np.ndarray]:
+    """A batch of episodes -> one row per step. Returns numpy arrays, which Ray stores as Arrow tensors."""
+    goal_ids, _ = vocab.encode(batch.column("goal").to_pylist(), length=vocab.max_len)
+    obs_col = batch.column(OBS_COLUMNS[obs_mode]).to_pylist()
+    actions = batch.column("actions").to_pylist()
+    terminated = batch.column("terminated").to_pylist()
+    rcols = {c: batch.column(c).to_pylist() for c in reward_columns(reward)}
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in TRANSITION_COLUMNS}
+    for i in range(batch.num_rows):
+        t = len(actions[i])
+        if t == 0:
+            continue
+        obs = decode_observations(obs_col[i], obs_mode)
+        r, keep, _ = episode_rewards({c: v[i] for c, v in rcols.items()}, reward, weights, null_rule)
+        done = np.zeros(t, dtype=np.float32)
+        done[-1] = float(bool(terminated[i]))  # truncation (time limit) is not a terminal: bootstrap
+        parts["obs"].append(obs[:-1][keep])
+        parts["next_obs"].append(obs[1:][keep])
+        parts["action"].append(np.asarray(actions[i], dtype=np.int64)[keep])
+        parts["reward"].append((r * scale).astype(np.float32)[keep])
+        parts["done"].append(done[keep])
+        n = int(keep.sum())
+        parts["goal_ids"].append(np.repeat(goal_ids[i : i + 1].astype(np.int32), n, axis=0))
+        parts["goal_length"].append(np.full(n, max(1, int((goal_ids[i] != 0).sum())), dtype=np.int32))
+    if not parts["action"]:
+        shape = (0, *fmt.SYMBOLIC_SHAPE) if obs_mode == "symbolic" else (0, 1, 1, 3)
+        empty = {"obs": np.zeros(shape, np.uint8), "next_obs": np.zeros(shape, np.uint8)}
+        empty.update(
+            action=np.zeros(0, np.int64), reward=np.zeros(0, np.float32), done=np.zeros(0, np.float32)
+        )
+        empty.update(goal_ids=np.zeros((0, vocab.max_len), np.int32), goal_length=np.zeros(0, np.int32))
+        return empty
+    return {c: np.concatenate(v) for c, v in parts.items()}
+
+
+def transitions(episodes: ray.data.Dataset, cfg: Config, vocab: Vocab, scale: float) -> ray.data.Dataset:
+    return episodes.repartition(target_num_rows_per_block=EPISODES_PER_BLOCK).map_batches(
+        to_transitions,
+        batch_format="pyarrow",
+        batch_size=EPISODES_PER_BLOCK,
+        fn_kwargs={
+            "obs_mode": cfg.iql.obs_mode,
+            "reward": cfg.train.reward,
+            "weights": dict(cfg.iql.reward_weights),
+            "null_rule": cfg.iql.null_reward,
+            "scale": scale,
+            "vocab": vocab,
+        },
+    )
+
+
+def episode_columns(cfg: Config) -> list[str]:
+    return ["goal", "actions", "terminated", OBS_COLUMNS[cfg.iql.obs_mode], *reward_columns(cfg.train.reward)]
+
+
+def load_buffer(batches: Any) -> ReplayBuffer:
+    """Concatenate an iterator of numpy transition batches (a worker's whole shard) into a ReplayBuffer."""
+    from rgvlm_ray.iql.update import ReplayBuffer  # torch: kept out of the Ray Data tasks that import us
+
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in TRANSITION_COLUMNS}
+    for batch in batches:
+        for c in TRANSITION_COLUMNS:
+            parts[c].append(batch[c])
+    if not parts["action"]:
+        raise RuntimeError("this worker's dataset shard is empty: use fewer --workers or more episodes")
+    return ReplayBuffer.from_numpy({c: np.concatenate(v) for c, v in parts.items()})
+
+
+def env_config(info_env: dict[str, Any] | None, fallback: EnvConfig) -> dict[str, Any]:
+    """The env settings to save for evaluation: the generator's, or the current config's if unknown."""
+    return dict(info_env) if info_env else asdict(fallback)

@@ -1,0 +1,261 @@
+"""`rgvlm evaluate`: roll a checkpoint's policy out on k = 1..6 sub-task missions, one Ray task per chunk.
+
+Per k it reports the success rate, the proportion of sub-tasks completed (the paper's "proportion of task
+completion", ALFRED-style) and the mean environment return. `seen` re-creates the training data's missions
+from its seed pool; `randomized` keeps those missions but draws held-out initial placements.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, EnvConfig, StorageConfig
+from rgvlm_ray.data.env import (
+    MAX_SUBTASKS,
+    NUM_ACTIONS,
+    EpisodeSpec,
+    Policy,
+    derive_seed,
+    find_mission,
+    rollout,
+)
+from rgvlm_ray.data.format import SPLITS
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
+from rgvlm_ray.iql.model import IQLNet
+from rgvlm_ray.iql.vocab import Vocab
+
+log = logging.getLogger(__name__)
+KS = tuple(range(1, MAX_SUBTASKS + 1))
+POLICY_STREAM = 0x504F4C49  # per-episode sampling seeds, independent of how missions are chunked
+
+PolicyFor = Callable[[EpisodeSpec], Policy]
+
+
+def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> PolicyFor:
+    """spec -> policy(obs) -> action. Sampling is seeded per episode, so results do not depend on chunking."""
+    image = net.spec.obs_mode == "image"
+
+    def policy_for(spec: EpisodeSpec) -> Policy:
+        gen = torch.Generator().manual_seed(derive_seed(seed, POLICY_STREAM, spec.num_subtasks, spec.index))
+        goals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        @torch.no_grad()
+        def act(view: dict) -> int:
+            if view["mission"] not in goals:
+                ids, lengths = vocab.encode([view["mission"]])
+                goals[view["mission"]] = torch.from_numpy(ids), torch.from_numpy(lengths)
+            obs = torch.from_numpy(np.ascontiguousarray(view["image" if image else "symbolic"]))[None]
+            logits = net.logits(obs, *goals[view["mission"]])[0]
+            if greedy:
+                return int(logits.argmax())
+            return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+
+        return act
+
+    return policy_for
+
+
+def random_policy(seed: int) -> PolicyFor:
+    """Uniform over all actions: the baseline a learned policy must beat."""
+
+    def policy_for(spec: EpisodeSpec) -> Policy:
+        rng = np.random.default_rng(derive_seed(seed, POLICY_STREAM, spec.num_subtasks, spec.index))
+        return lambda view: int(rng.integers(NUM_ACTIONS))
+
+    return policy_for
+
+
+def run_missions(
+    env: EnvConfig,
+    policy_for: PolicyFor,
+    k: int,
+    indices: list[int],
+    pool_seed: int,
+    split: str,
+    max_steps: int | None = None,
+    image: bool = False,
+) -> list[dict[str, Any]]:
+    rollout_env = replace(env, max_steps=max_steps) if max_steps else env
+    out = []
+    for index in indices:
+        spec = find_mission(env, k, index, pool_seed, split)  # the mission pool's own env settings
+        r = rollout(rollout_env, spec, policy_for(spec), with_image=image)
+        out.append(
+            {
+                "k": k,
+                "index": index,
+                "success": r.success,
+                "subtasks": r.subtasks_done,
+                "ret": r.ret,
+                "steps": r.steps,
+            }
+        )
+    return out
+
+
+def _chunk_task(
+    checkpoint: str,
+    storage_cfg: StorageConfig,
+    env: dict[str, Any],
+    k: int,
+    indices: list[int],
+    pool_seed: int,
+    split: str,
+    max_steps: int | None,
+    greedy: bool,
+    seed: int,
+) -> list[dict[str, Any]]:
+    torch.set_num_threads(1)  # many small tasks share the CPUs; batch-1 inference gains nothing from threads
+    net, vocab, _ = load_policy(checkpoint, storage_cfg)
+    policy_for = checkpoint_policy(net, vocab, greedy, seed)
+    image = net.spec.obs_mode == "image"
+    return run_missions(EnvConfig(**env), policy_for, k, indices, pool_seed, split, max_steps, image)
+
+
+def summarize(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for k in sorted({e["k"] for e in episodes}):
+        eps = [e for e in episodes if e["k"] == k]
+        rows.append(
+            {
+                "k": k,
+                "episodes": len(eps),
+                "success_rate": float(np.mean([e["success"] for e in eps])),
+                "subtask_completion": float(np.mean([e["subtasks"] / k for e in eps])),
+                "mean_return": float(np.mean([e["ret"] for e in eps])),
+                "mean_steps": float(np.mean([e["steps"] for e in eps])),
+            }
+        )
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [
+        f"## {title}",
+        "",
+        "| k | episodes | success rate | sub-tasks completed | mean return | mean steps |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['k']} | {r['episodes']} | {r['success_rate']:.3f} | {r['subtask_completion']:.3f} "
+            f"| {r['mean_return']:.3f} | {r['mean_steps']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+METRIC_TITLES = {"success_rate": "success rate", "subtask_completion": "proportion of sub-tasks completed"}
+
+
+def plot_png(series: dict[str, list[dict[str, Any]]], title: str, metric: str | None = None) -> bytes:
+    """One line per series by k (the paper's Fig. 4): `metric` alone, or success and sub-task completion."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [metric] if metric else list(METRIC_TITLES)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5 * len(metrics), 4), sharey=True, squeeze=False)
+    for ax, name in zip(axes[0], metrics, strict=True):
+        for label, rows in series.items():
+            ax.plot([r["k"] for r in rows], [r[name] for r in rows], marker="o", label=label)
+        ax.set_xlabel("number of sub-tasks k")
+        ax.set_ylabel(METRIC_TITLES[name])
+        ax.set_xticks(list(KS))
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend()
+    fig.suptitle(title)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def write_outputs(out: str, files: dict[str, bytes], cfg: StorageConfig) -> None:
+    for name, data in files.items():
+        with storage.atomic_open(storage.join(out, name), cfg) as f:
+            f.write(data)
+
+
+def main(cfg: Config) -> int:
+    import ray
+
+    from rgvlm_ray.cli import require
+    from rgvlm_ray.ray_utils import init_ray
+
+    require(cfg, "eval.checkpoint", "eval.out")
+    e = cfg.eval
+    if e.split not in SPLITS:
+        raise UsageError(f"--split must be one of {SPLITS}, got {e.split!r}")
+    if e.episodes_per_k < 1 or e.episodes_per_task < 1:
+        raise UsageError("--episodes-per-k and eval.episodes_per_task must be positive")
+    checkpoint = latest_checkpoint(e.checkpoint, cfg.storage)
+    if checkpoint is None:
+        raise UsageError(
+            f"--checkpoint {e.checkpoint}: no checkpoint there (run `rgvlm train --out ...` first)"
+        )
+    run = read_json(checkpoint, "run.json", cfg.storage)
+    pool_seed = run.get("pool_seed")
+    if pool_seed is None:
+        pool_seed = cfg.generate.seed
+        log.warning("the training data's seed pool is unknown; using generate.seed=%d", pool_seed)
+
+    init_ray(cfg.ray)
+    task = ray.remote(num_cpus=e.num_cpus_per_task)(_chunk_task)
+    pending = [
+        task.remote(
+            checkpoint,
+            cfg.storage,
+            run["env"],
+            k,
+            list(range(i, min(i + e.episodes_per_task, e.episodes_per_k))),
+            pool_seed,
+            e.split,
+            e.max_steps,
+            e.greedy,
+            e.seed,
+        )  # fmt: skip
+        for k in reversed(KS)  # the long k = 6 chunks first, so they do not finish last alone
+        for i in range(0, e.episodes_per_k, e.episodes_per_task)
+    ]
+    episodes = [ep for chunk in ray.get(pending) for ep in chunk]
+    rows = summarize(episodes)
+    label = f"{run.get('reward', '?')} ({e.split})"
+    result = {
+        "checkpoint": checkpoint,
+        "step": run.get("step"),
+        "reward": run.get("reward"),
+        "split": e.split,
+        "label": label,
+        "episodes_per_k": e.episodes_per_k,
+        "greedy": e.greedy,
+        "pool_seed": pool_seed,
+        "by_k": rows,
+        "success_rate": float(np.mean([r["success_rate"] for r in rows])),
+        "subtask_completion": float(np.mean([r["subtask_completion"] for r in rows])),
+        "episodes": episodes,
+    }
+    title = f"IQL, reward {label}, step {run.get('step')}"
+    write_outputs(
+        e.out,
+        {
+            "eval.json": json.dumps(result, indent=2).encode(),
+            "eval.md": markdown_table(rows, title).encode(),
+            "eval.png": plot_png({label: rows}, title),
+        },
+        cfg.storage,
+    )
+    print(markdown_table(rows, title))
+    print(f"wrote eval.json, eval.md, eval.png to {e.out}")
+    return 0

@@ -1,0 +1,125 @@
+"""`rgvlm evaluate` (Ray tasks over k = 1..6) and `rgvlm compare` on a small checkpoint."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from rgvlm_ray.cli import main as cli
+from rgvlm_ray.config import Config, EnvConfig
+from rgvlm_ray.data.env import NUM_ACTIONS
+from rgvlm_ray.iql.checkpoint import checkpoint_name, latest_checkpoint, load_policy, save_checkpoint
+from rgvlm_ray.iql.model import IQLNet, ModelSpec
+from rgvlm_ray.iql.update import make_optimizer
+from rgvlm_ray.iql.vocab import Vocab
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def write_checkpoint(run_dir: str, step: int = 3, reward: str = "oracle") -> str:
+    """A small untrained checkpoint, saved the way the trainer saves one."""
+    cfg = Config()
+    vocab = Vocab.build(
+        ["go to the red ball, then pick up a key", "open a door, then put the box next to it"]
+    )
+    net = IQLNet(ModelSpec("symbolic", len(vocab), NUM_ACTIONS, hidden=32, embed_dim=8))
+    optimizer, scheduler = make_optimizer(net, cfg.iql, 10)
+    run = {"step": step, "reward": reward, "pool_seed": 0, "env": asdict(EnvConfig()), "reward_scale": 1.0}
+    path = os.path.join(run_dir, checkpoint_name(step))
+    save_checkpoint(path, net, copy.deepcopy(net), optimizer, scheduler, vocab, cfg, run)
+    return path
+
+
+def test_latest_checkpoint_and_safe_loading(tmp_path) -> None:
+    run_dir = str(tmp_path / "run")
+    write_checkpoint(run_dir, step=3)
+    newest = write_checkpoint(run_dir, step=12)
+    os.makedirs(os.path.join(run_dir, checkpoint_name(20)))  # incomplete: no run.json, must be skipped
+    assert latest_checkpoint(run_dir) == newest
+    assert latest_checkpoint(newest) == newest
+    assert latest_checkpoint(str(tmp_path / "missing")) is None
+    net, vocab, run = load_policy(newest)
+    assert run["step"] == 12 and len(vocab) > 2 and net.spec.hidden == 32
+
+
+def test_checkpoint_on_s3(s3_server, tmp_path) -> None:
+    import fsspec
+
+    local = write_checkpoint(str(tmp_path / "run"), step=5)
+    fs = fsspec.filesystem(
+        "s3", key="testing", secret="testing", client_kwargs={"endpoint_url": s3_server.endpoint_url}
+    )
+    fs.put(local, "rgvlm-test/iql-eval/run/", recursive=True)
+    latest = latest_checkpoint("s3://rgvlm-test/iql-eval/run", s3_server)
+    assert latest == "s3://rgvlm-test/iql-eval/run/checkpoint_00000005"
+    net, _, run = load_policy(latest, s3_server)
+    assert run["step"] == 5
+    ref, _, _ = load_policy(local)
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values(), strict=True)
+    )
+
+
+def test_evaluate_reports_every_k_and_compare_plots_runs(ray_cluster, tmp_path, capsys) -> None:
+    run_dir = str(tmp_path / "run")
+    write_checkpoint(run_dir)
+    out = str(tmp_path / "eval")
+    args = ["evaluate", "--checkpoint", run_dir, "--episodes-per-k", "2", "--out", out]
+    assert cli([*args, "--max-steps", "30", "eval.episodes_per_task=1"]) == 0
+
+    result = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert [r["k"] for r in result["by_k"]] == [1, 2, 3, 4, 5, 6]
+    assert all(r["episodes"] == 2 for r in result["by_k"])
+    for r in result["by_k"]:
+        assert 0.0 <= r["success_rate"] <= r["subtask_completion"] + 1e-9 <= 1.0 + 1e-9
+        assert r["mean_steps"] <= 30
+    assert result["reward"] == "oracle" and result["split"] == "seen"
+    table = (tmp_path / "eval" / "eval.md").read_text()
+    assert table.count("\n| ") == 7  # header + k = 1..6
+    assert (tmp_path / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
+
+    # Same seeds, same chunk-independent sampling: a rerun with other chunking gives the same episodes.
+    out2 = str(tmp_path / "eval2")
+    assert (
+        cli(
+            ["evaluate", "--checkpoint", run_dir, "--episodes-per-k", "2", "--out", out2, "--max-steps", "30"]
+        )
+        == 0
+    )
+    again = json.loads((tmp_path / "eval2" / "eval.json").read_text())
+    key = lambda e: (e["k"], e["index"])  # noqa: E731
+    assert sorted(result["episodes"], key=key) == sorted(again["episodes"], key=key)
+
+    # A second "run" with another reward source: compare draws one line each.
+    other = dict(result, reward="sparse", label="sparse (seen)")
+    os.makedirs(tmp_path / "sparse-run" / "eval-seen")
+    (tmp_path / "sparse-run" / "eval-seen" / "eval.json").write_text(json.dumps(other))
+    capsys.readouterr()
+    cmp_out = str(tmp_path / "cmp")
+    rc = cli(["compare", out, str(tmp_path / "sparse-run"), "compare.title=Fig 4", "--out", cmp_out])
+    assert rc == 0
+    summary = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert list(summary["series"]) == ["oracle (seen)", "sparse (seen)"] and summary["title"] == "Fig 4"
+    assert (tmp_path / "cmp" / "compare.png").read_bytes().startswith(PNG_MAGIC)
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| oracle (seen) |" in md and "| sparse (seen) |" in md
+
+
+def test_evaluate_and_compare_usage_errors(tmp_path, capsys) -> None:
+    assert cli(["evaluate", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "e")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert cli(["compare", str(tmp_path), "--out", str(tmp_path / "c")]) == 2
+    assert "no eval.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("split", ["bogus"])
+def test_evaluate_rejects_unknown_split(tmp_path, capsys, split) -> None:
+    assert (
+        cli(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e"), "--split", split]) == 2
+    )
+    assert "--split" in capsys.readouterr().err

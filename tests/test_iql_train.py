@@ -1,0 +1,117 @@
+"""`rgvlm train` end to end on Ray Train: 2 CPU workers (DDP over gloo), checkpoint, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rgvlm_ray.cli import main as cli
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy
+from rgvlm_ray.labeling.oracle import oracle_label
+from tests.helpers import generated_table
+
+TINY = ["iql.batch_size=32", "iql.hidden=32", "iql.embed_dim=8", "train.log_every=2"]
+
+
+@pytest.fixture
+def quick_train_controller(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray Train's controller polls workers every 2 s and starts a preemption watcher: both cost test time."""
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+    monkeypatch.setenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+
+
+def labeled_dataset(folder: str, episodes: int = 8) -> str:
+    """Two oracle-labeled shards of real generated episodes (k = 1, 2), with the generator's metadata."""
+    table = generated_table(episodes=episodes, subtasks="1-2")
+    labels = [oracle_label(row) for row in table.to_pylist()]
+    for field in fmt.label_schema("oracle"):
+        table = table.append_column(field, pa.array([lab[field.name] for lab in labels], field.type))
+    half = episodes // 2
+    for i, part in enumerate([table.slice(0, half), table.slice(half)]):
+        fmt.write_shard(part, os.path.join(folder, f"shard-{i:05d}.parquet"))
+    return folder
+
+
+def read_run(checkpoint: str) -> dict:
+    with open(os.path.join(checkpoint, "run.json")) as f:
+        return json.load(f)
+
+
+def test_train_two_workers_checkpoints_and_resumes(
+    ray_cluster, quick_train_controller, tmp_path, capsys
+) -> None:
+    data = labeled_dataset(str(tmp_path / "data"))
+    out = str(tmp_path / "run")
+    args = ["train", "--in", data, "--out", out, "--reward", "oracle", "--workers", "2"]
+
+    assert cli([*args, "--steps", "4", *TINY, "train.checkpoint_every=4"]) == 0
+    first = latest_checkpoint(out)
+    assert first == os.path.join(out, "checkpoint_00000004")
+    assert {
+        "model.safetensors",
+        "target.safetensors",
+        "optimizer.pt",
+        "vocab.json",
+        "spec.json",
+        "config.json",
+    } <= set(os.listdir(first))
+    run = read_run(first)
+    assert run["step"] == 4 and run["resumed_from"] == 0 and run["world_size"] == 2
+    assert run["pool_seed"] == 0 and run["env"]["layout"] == "small"  # from the generator's metadata
+    stdout = capsys.readouterr().out
+    summary = json.loads(stdout[stdout.index('{\n  "out"') :])
+    for key in (
+        "q_loss",
+        "v_loss",
+        "policy_loss",
+        "q_mean",
+        "v_mean",
+        "adv_mean",
+        "adv_std",
+        "updates_per_s",
+    ):
+        assert key in summary["metrics"]
+
+    # A rerun with more steps continues from step 4 rather than starting over.
+    assert cli([*args, "--steps", "8", *TINY, "train.checkpoint_every=4"]) == 0
+    second = latest_checkpoint(out)
+    assert second == os.path.join(out, "checkpoint_00000008")
+    run = read_run(second)
+    assert run["step"] == 8 and run["resumed_from"] == 4
+    before, after = (
+        load_file(os.path.join(first, "model.safetensors")),
+        load_file(os.path.join(second, "model.safetensors")),
+    )
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    opt = torch.load(os.path.join(second, "optimizer.pt"), weights_only=True)
+    assert opt["scheduler"]["last_epoch"] == 8  # the lr schedule resumed too
+
+
+def test_train_without_the_reward_column_names_the_labeling_command(tmp_path, capsys) -> None:
+    data = labeled_dataset(str(tmp_path / "data"), episodes=2)
+    rc = cli(["train", "--in", data, "--out", str(tmp_path / "run"), "--reward", "rgvlm"])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "'rgvlm_reward'" in err and f"rgvlm label --in {data} --out" in err and "oracle_reward" in err
+
+
+def test_train_rejects_an_unknown_reward_mode(tmp_path, capsys) -> None:
+    assert cli(["train", "--in", str(tmp_path), "--out", str(tmp_path / "run"), "--reward", "dense"]) == 2
+    assert "sparse | rgvlm | rgvlm+sparse | clip | oracle" in capsys.readouterr().err
+
+
+def test_train_writes_checkpoints_to_s3(ray_cluster, quick_train_controller, s3_env, tmp_path) -> None:
+    """Episodes from s3://, checkpoints to s3:// (RunConfig(storage_filesystem=...)), loaded back from there."""
+    data = labeled_dataset("s3://rgvlm-test/iql-data", episodes=4)
+    out = "s3://rgvlm-test/runs/iql"
+    assert cli(["train", "--in", data, "--out", out, "--reward", "sparse", "--steps", "2", *TINY]) == 0
+    latest = latest_checkpoint(out)
+    assert latest == f"{out}/checkpoint_00000002"
+    net, vocab, run = load_policy(latest)
+    assert run["step"] == 2 and run["reward"] == "sparse" and len(vocab) > 2 and net.spec.hidden == 32
