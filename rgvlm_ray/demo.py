@@ -92,21 +92,24 @@ def generate(state: DemoState) -> int:
     return summary["transitions"]
 
 
+def _tiny_model(state: DemoState, name: str, build) -> str:
+    """Build a tiny random model once under OUT/models (a rerun reuses it)."""
+    path = state.path("models", name)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        build(path)
+    return path
+
+
 def models(state: DemoState) -> None:
+    """Stand in tiny random models for the ones not configured, and remember that the labels are noise."""
     from rgvlm_ray.labeling.tiny_vlm import build_clip, build_qwen2_vl
 
     if not state.cfg.engine.model:
         state.tiny_vlm = True
-        path = state.path("models", "tiny-qwen2-vl")
-        if not os.path.exists(os.path.join(path, "config.json")):
-            build_qwen2_vl(path)
-        state.cfg.engine.model = path
+        state.cfg.engine.model = _tiny_model(state, "tiny-qwen2-vl", build_qwen2_vl)
     if not state.cfg.run.clip_model:
         state.tiny_clip = True
-        path = state.path("models", "tiny-clip")
-        if not os.path.exists(os.path.join(path, "config.json")):
-            build_clip(path)
-        state.cfg.run.clip_model = path
+        state.cfg.run.clip_model = _tiny_model(state, "tiny-clip", build_clip)
 
 
 def label(state: DemoState, labeler: str) -> int:

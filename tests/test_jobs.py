@@ -126,10 +126,19 @@ def test_submit_label_job_to_a_ray_head(ray_head, tmp_path):
 
     src, out = tmp_path / "raw", tmp_path / "labeled"
     ids = _write(str(src), ["a.parquet", "b.parquet"], 0)
-    job = ray_head.submit_job(
-        entrypoint=f"python jobs/label.py --in {src} --out {out} --engine oracle label.num_cpus_per_actor=0.25",
-        runtime_env={"working_dir": str(REPO), "excludes": [".venv/", ".git/", "runs/", "*.parquet"]},
-    )
+    job = None
+    for _ in range(60):  # the head's job agent starts a little after its HTTP server answers
+        try:
+            job = ray_head.submit_job(
+                entrypoint=f"python jobs/label.py --in {src} --out {out} --engine oracle label.num_cpus_per_actor=0.25",
+                runtime_env={"working_dir": str(REPO), "excludes": [".venv/", ".git/", "runs/", "*.parquet"]},
+            )
+            break
+        except RuntimeError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            time.sleep(2)
+    assert job is not None, "the Ray head's job agent never became available"
     deadline = time.time() + 300
     while (status := ray_head.get_job_status(job)) not in {
         JobStatus.SUCCEEDED,
