@@ -161,9 +161,6 @@ class ChainLevel(LevelGen):
         return done
 
 
-_ = RejectSampling  # re-exported for callers that catch it
-
-
 @dataclass(frozen=True)
 class EpisodeSpec:
     """Everything that fixes an episode's initial state. `index` numbers missions of one k in a pool."""

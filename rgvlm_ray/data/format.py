@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -47,6 +47,7 @@ SYMBOLIC_SHAPE = (7, 7, 3)
 # Per-step columns: their length relative to the number of actions T.
 STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0}
 FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1}
+NULLABLE_COLUMNS = {"progress", "frames_full", "symbolic", "directions"}  # unknown or not recorded
 
 # Label columns: every labeler (rgvlm, clip, oracle) writes the same suffixes under its own prefix,
 # so one dataset can carry several labelings and `train --reward MODE` picks one by name.
@@ -227,9 +228,8 @@ def _validate_episode(row: dict, shard: str, decode: bool) -> list[ValidationIss
     for column, extra in {**STEP_COLUMNS, **FRAME_COLUMNS}.items():
         value = row.get(column)
         if value is None:
-            if column in ("progress",) or column in FRAME_COLUMNS and column != "frames":
-                continue  # nullable / optional
-            bad(column, "null")
+            if column not in NULLABLE_COLUMNS:
+                bad(column, "null")
             continue
         if len(value) != t + extra:
             bad(column, f"length {len(value)}, expected {t + extra} ({t} actions{' + 1' if extra else ''})")
@@ -264,8 +264,16 @@ def duplicate_ids(ids_by_shard: dict[str, Iterable[str]]) -> list[ValidationIssu
     return issues
 
 
-def validate(path: str, cfg: StorageConfig | None = None, decode: bool = False) -> list[ValidationIssue]:
-    """Validate every shard under `path`; unreadable shards become issues rather than exceptions."""
+def validate(
+    path: str,
+    cfg: StorageConfig | None = None,
+    decode: bool = False,
+    on_table: Callable[[str, str, pa.Table], None] | None = None,
+) -> list[ValidationIssue]:
+    """Validate every shard under `path`; unreadable shards become issues rather than exceptions.
+
+    `on_table(shard_path, name, table)` sees each readable shard, so callers summarise in the same pass.
+    """
     issues: list[ValidationIssue] = []
     ids: dict[str, list[str]] = {}
     for shard in list_shards(path, cfg):
@@ -278,4 +286,6 @@ def validate(path: str, cfg: StorageConfig | None = None, decode: bool = False) 
         issues.extend(validate_table(table, name, decode))
         if "episode_id" in table.column_names:
             ids[name] = table.column("episode_id").to_pylist()
+        if on_table is not None:
+            on_table(shard, name, table)
     return issues + duplicate_ids(ids)

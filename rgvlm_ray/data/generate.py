@@ -159,13 +159,14 @@ def _generate_shard(cfg: Config, plan: list[tuple[int, int]], path: str) -> dict
 
 
 def check_output(out: str, storage_cfg: StorageConfig, overwrite: bool) -> None:
-    fs, p = storage.get_fs(out, storage_cfg)
-    if fs.exists(p) and not overwrite:
-        existing = [f for f in fs.find(p) if f.endswith(".parquet")]
-        if existing:
-            raise UsageError(
-                f"{out} already holds {len(existing)} shard(s); pass --overwrite to replace them"
-            )
+    if overwrite:
+        return
+    try:
+        existing = fmt.list_shards(out, storage_cfg)
+    except FileNotFoundError:
+        return
+    if existing:
+        raise UsageError(f"{out} already holds {len(existing)} shard(s); pass --overwrite to replace them")
 
 
 def summarize(results: list[dict], seconds: float) -> dict:

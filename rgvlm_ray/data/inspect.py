@@ -26,42 +26,35 @@ def summarize(path: str, cfg: StorageConfig, decode: bool = False) -> dict:
         raise UsageError(f"no .parquet shards under {path}")
     k_hist: Counter[int] = Counter()
     splits: Counter[str] = Counter()
-    episodes = transitions = nbytes = 0
+    totals: Counter[str] = Counter()
     columns: list[str] = []
     coverage: dict[str, list[int]] = {}
-    issues: list[fmt.ValidationIssue] = []
-    ids: dict[str, list[str]] = {}
-    for shard in shards:
-        name = storage.basename(shard)
-        fs, p = storage.get_fs(shard, cfg)
-        nbytes += fs.size(p)
-        try:
-            table = fmt.read_shard(shard, cfg)
-        except fmt.FormatError as exc:
-            issues.append(fmt.ValidationIssue(name, None, None, str(exc).split(": ", 1)[-1]))
-            continue
-        issues.extend(fmt.validate_table(table, name, decode))
-        columns = columns or table.column_names
-        episodes += table.num_rows
+
+    def add(shard: str, name: str, table: pa.Table) -> None:
+        columns[:] = columns or table.column_names
+        totals["episodes"] += table.num_rows
         if "actions" in table.column_names:
-            transitions += int(pc.sum(pc.list_value_length(table.column("actions"))).as_py() or 0)
+            totals["transitions"] += int(pc.sum(pc.list_value_length(table.column("actions"))).as_py() or 0)
         if "num_subtasks" in table.column_names:
             k_hist.update(table.column("num_subtasks").to_pylist())
         if "split" in table.column_names:
             splits.update(table.column("split").to_pylist())
-        if "episode_id" in table.column_names:
-            ids[name] = table.column("episode_id").to_pylist()
         for labeler in fmt.labelers_present(table.schema):
             done, total = label_coverage(table, labeler)
             acc = coverage.setdefault(labeler, [0, 0])
             acc[0] += done
             acc[1] += total
-    issues.extend(fmt.duplicate_ids(ids))
+
+    issues = fmt.validate(path, cfg, decode, on_table=add)
+    nbytes = 0
+    for shard in shards:
+        fs, p = storage.get_fs(shard, cfg)
+        nbytes += fs.size(p)
     return {
         "path": path,
         "shards": len(shards),
-        "episodes": episodes,
-        "transitions": transitions,
+        "episodes": totals["episodes"],
+        "transitions": totals["transitions"],
         "bytes": nbytes,
         "k_histogram": dict(sorted(k_hist.items())),
         "splits": dict(splits),

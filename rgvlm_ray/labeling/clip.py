@@ -19,6 +19,7 @@ from rgvlm_ray.labeling.columns import error_columns, label_columns, num_actions
 from rgvlm_ray.labeling.engines.base import chunks
 from rgvlm_ray.labeling.engines.hf import resolve_device, resolve_dtype
 from rgvlm_ray.labeling.images import decode_frames
+from rgvlm_ray.labeling.labeler import token_free_stats
 from rgvlm_ray.labeling.rgvlm import VIEWS
 
 NAME = "clip"
@@ -108,13 +109,7 @@ class ClipLabeler:
         return [self.label_row(r) for r in rows]
 
     def stats(self) -> dict:
-        return {
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "windows": 0,
-            "parse_failures": 0,
-            **self.counters,
-        }
+        return token_free_stats(self.counters)
 
     def close(self) -> None:
         self.model = None

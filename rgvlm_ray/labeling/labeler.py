@@ -128,6 +128,11 @@ class RGVLMLabeler:
         self.engine.close()
 
 
+def token_free_stats(counters: dict) -> dict:
+    """`Labeler.stats()` for labelers that prompt no language model (clip, oracle)."""
+    return {"prompt_tokens": 0, "completion_tokens": 0, "windows": 0, "parse_failures": 0, **counters}
+
+
 class OracleLabeler:
     name = oracle.NAME
 
@@ -147,13 +152,7 @@ class OracleLabeler:
         return out
 
     def stats(self) -> dict:
-        return {
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "windows": 0,
-            "parse_failures": 0,
-            **self.counters,
-        }
+        return token_free_stats(self.counters)
 
     def close(self) -> None:
         pass

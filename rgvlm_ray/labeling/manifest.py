@@ -70,8 +70,13 @@ def content_identity(path: str, cfg: StorageConfig) -> str:
     return f"sha256:{digest.hexdigest()}"
 
 
+def _flat(shard: str) -> str:
+    """A shard's relative path as one file name, for its record and its lease."""
+    return shard.replace("/", "__")
+
+
 def _record_path(out: str, shard: str) -> str:
-    return storage.join(out, "_manifest", shard.replace("/", "__") + ".json")
+    return storage.join(out, "_manifest", _flat(shard) + ".json")
 
 
 def load_records(out: str, cfg: StorageConfig) -> dict[str, ShardRecord]:
@@ -135,7 +140,7 @@ class Lease:
 
     @property
     def path(self) -> str:
-        return storage.join(self.out, "_leases", self.shard.replace("/", "__") + ".lease")
+        return storage.join(self.out, "_leases", _flat(self.shard) + ".lease")
 
     def _body(self) -> bytes:
         return json.dumps({"run_id": self.run_id, "expires": time.time() + self.ttl_s}).encode()

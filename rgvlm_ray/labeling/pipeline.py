@@ -302,20 +302,19 @@ def shard_stats(table: pa.Table, name: str, tokens: Counter) -> dict:
 def label_shards(state: RunState, shards: list[ShardPlan]) -> None:
     """Stream labeled batches back and write each shard as soon as all its episodes have arrived."""
     by_path = {storage.get_fs(s.path, state.cfg.storage)[1]: s for s in shards}
-    parts: dict[str, list[pa.Table]] = {s.name: [] for s in shards}
+    parts: dict[str, list[pa.Table]] = {path: [] for path in by_path}
     counts: Counter = Counter()
     started = time.time()
     for batch in build_dataset(state, shards).iter_batches(batch_size=None, batch_format="pyarrow"):
         for path in pc.unique(batch.column(PATH_COL)).to_pylist():
-            shard = by_path[path]
             part = batch.filter(pc.equal(batch.column(PATH_COL), path))
-            parts[shard.name].append(part)
-            counts[shard.name] += part.num_rows
-            if counts[shard.name] == shard.rows_in:
-                write_shard_output(state, shard, parts.pop(shard.name), started)
-    for name in list(parts):
-        shard = next(s for s in shards if s.name == name)
-        finish(state, shard, mf.FAILED, error=f"only {counts[name]} of {shard.rows_in} episodes came back")
+            parts[path].append(part)
+            counts[path] += part.num_rows
+            if counts[path] == by_path[path].rows_in:
+                write_shard_output(state, by_path[path], parts.pop(path), started)
+    for path in parts:
+        shard = by_path[path]
+        finish(state, shard, mf.FAILED, error=f"only {counts[path]} of {shard.rows_in} episodes came back")
 
 
 def summarize(state: RunState, seconds: float) -> dict:
@@ -387,12 +386,12 @@ def run(cfg: Config) -> dict:
                 if good:
                     label_shards(state, good)
             finally:
-                for name, lease in list(
-                    state.leases.items()
-                ):  # the run broke: leave a record, free the shard
-                    shard = next(s for s in todo if s.name == name)
-                    finish(state, shard, mf.FAILED, error="the run stopped before this shard was written")
-                    lease.release()
+                # Leases still held mean the run broke: leave a record and free the shard (finish releases).
+                by_name = {s.name: s for s in todo}
+                for name in list(state.leases):
+                    finish(
+                        state, by_name[name], mf.FAILED, error="the run stopped before this shard was written"
+                    )
     summary = summarize(state, time.perf_counter() - start)
     mf.write_manifest(state.out, mf.load_records(state.out, cfg.storage), cfg.storage)
     with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
