@@ -1,14 +1,14 @@
-"""IQL update throughput: our fused step vs a plain CORL-style update, same networks, same batches.
+"""IQL update cost per sample, side by side on the same batches: the history model at the default context,
+the same model at context 1, context 1 with the pre-history GRU goal encoder, and a CORL-style MLP update.
 
-    .venv/bin/python bench/iql.py                       # symbolic + image, 1 and 2 DDP workers, CPU
-    .venv/bin/python bench/iql.py --device cuda --compile   # on a GPU machine (no Ray needed)
+    .venv/bin/python bench/iql.py                          # symbolic observations, CPU, 1 thread
+    .venv/bin/python bench/iql.py --device cuda --modes symbolic,image     # a GPU machine (no Ray needed)
 
-Reference ("CORL-style"): a line-by-line port of CORL's `ImplicitQLearning.train` (algorithms/offline/iql.py)
-to the same IQLNet: next_v under no_grad, then a V step, a Q step (then Polyak, per-parameter loop) and an
-actor step, each with its own forward, backward and Adam optimizer; every transition encodes its own goal.
-Under DDP the reference all-reduces gradients after each of its three backward passes.
-Ours (rgvlm_ray.iql.update.iql_update): one online pass on s with autograd, one on s' without, one target
-pass, one backward and one optimizer step; each distinct goal in the batch is encoded once; fused Polyak.
+CORL-style reference: a port of CORL's `ImplicitQLearning.train` (algorithms/offline/iql.py) for discrete
+actions: separate Q1, Q2 (twin), V and actor MLPs (2 x 256 hidden) on the flattened observation and a fixed
+goal embedding (no history, no language learning), a target copy of both Q networks, three Adams (V, Q,
+actor) stepped one after another. It is the cost floor of a memoryless MLP, not a model that solves chains.
+Arms run in interleaved rounds so that each sees the same machine load; the median round is reported.
 """
 
 from __future__ import annotations
@@ -20,34 +20,41 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rgvlm_ray.config import IQLConfig  # noqa: E402
 from rgvlm_ray.iql.losses import expectile_loss  # noqa: E402
-from rgvlm_ray.iql.model import IQLNet, ModelSpec  # noqa: E402
-from rgvlm_ray.iql.update import Batch, ReplayBuffer, iql_update, make_optimizer, q_side  # noqa: E402
+from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads  # noqa: E402
+from rgvlm_ray.iql.update import Batch, ReplayBuffer, iql_update, make_optimizer  # noqa: E402
 
-VOCAB, ACTIONS, GOALS = 40, 7, 60
+VOCAB, ACTIONS, GOALS, COMMA = 40, 7, 60, 3
+LEGACY_REV = "4c75334"  # the last commit with the memoryless model (before history windows)
 
 
 def synthetic_buffer(obs_mode: str, n: int, seed: int = 0) -> ReplayBuffer:
-    """Shapes and goal statistics of the k = 1..6 datasets: 60 missions of 5..50 tokens."""
+    """Shapes and statistics of the k = 1..6 datasets: 60 chained goals of 1..6 clauses (5..50 tokens),
+    episodes of 10..120 steps."""
     rng = np.random.default_rng(seed)
     shape, high = ((7, 7, 3), 11) if obs_mode == "symbolic" else ((56, 56, 3), 256)
-    lengths = rng.integers(5, 51, GOALS)
     goals = np.zeros((GOALS, 50), dtype=np.int64)
-    for g, length in enumerate(lengths):
-        goals[g, :length] = rng.integers(2, VOCAB, length)
-    rows = rng.integers(0, GOALS, n)
+    for g in range(GOALS):
+        clauses = [list(rng.integers(4, VOCAB, rng.integers(4, 8))) for _ in range(rng.integers(1, 7))]
+        words = [w for i, c in enumerate(clauses) for w in ([COMMA] if i else []) + c][:50]
+        goals[g, : len(words)] = words
+    lengths = rng.integers(10, 121, n // 10 + 1)
+    episode = np.repeat(np.arange(len(lengths)), lengths)[:n]
+    step = np.concatenate([np.arange(t) for t in lengths])[:n]
+    rows = rng.integers(0, GOALS, len(lengths))[episode]
     return ReplayBuffer.from_numpy(
         {
             "obs": rng.integers(0, high, (n, *shape), dtype=np.uint8),
@@ -56,189 +63,202 @@ def synthetic_buffer(obs_mode: str, n: int, seed: int = 0) -> ReplayBuffer:
             "reward": (rng.random(n) < 0.05).astype(np.float32),
             "done": (rng.random(n) < 0.02).astype(np.float32),
             "goal_ids": goals[rows],
-            "goal_length": lengths[rows],
+            "goal_length": (goals[rows] != 0).sum(1),
+            "episode": episode,
+            "step": step,
         }
     )
 
 
-def allreduce_grads(params: list[torch.nn.Parameter]) -> None:
-    if dist.is_initialized():
-        world = dist.get_world_size()
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad)
-                p.grad /= world
+def mlp(inp: int, out: int, hidden: int = 256) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inp, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, out)
+    )
 
 
 class CorlStyle:
-    """CORL's IQL update structure on the shared-encoder network."""
+    """CORL's IQL update: four separate MLPs, three optimizers, Polyak over the twin Q networks."""
 
-    def __init__(self, net: IQLNet, cfg: IQLConfig, steps: int, dedupe: bool = False) -> None:
-        self.net, self.cfg, self.dedupe = net, cfg, dedupe
-        self.target = copy.deepcopy(net).requires_grad_(False)
-        actor = list(net.pi.parameters())
-        encoder = [p for m in (net.goal_encoder, net.obs_encoder, net.trunk) for p in m.parameters()]
-        self.v_params = encoder + list(net.v.parameters())
-        self.q_params = encoder + list(net.q1.parameters()) + list(net.q2.parameters())
-        self.pi_params = (encoder if cfg.actor_trains_encoder else []) + actor
-        self.v_opt = torch.optim.Adam(self.v_params, lr=cfg.lr)
-        self.q_opt = torch.optim.Adam(self.q_params, lr=cfg.lr)
-        self.actor_opt = torch.optim.Adam(self.pi_params, lr=cfg.lr)
+    def __init__(self, obs_dim: int, cfg: IQLConfig, steps: int, device: torch.device) -> None:
+        self.cfg = cfg
+        self.goal_table = torch.randn(VOCAB, 64, device=device)  # fixed goal embedding (bag of words)
+        inp = obs_dim + 64
+        self.q1, self.q2 = mlp(inp, ACTIONS).to(device), mlp(inp, ACTIONS).to(device)
+        self.v, self.actor = mlp(inp, 1).to(device), mlp(inp, ACTIONS).to(device)
+        self.q_target = copy.deepcopy(nn.ModuleList([self.q1, self.q2])).requires_grad_(False)
+        self.v_opt = torch.optim.Adam(self.v.parameters(), lr=cfg.lr)
+        self.q_opt = torch.optim.Adam([*self.q1.parameters(), *self.q2.parameters()], lr=cfg.lr)
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=cfg.lr)
         self.actor_sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.actor_opt, steps)
 
-    def z(self, net: IQLNet, obs: torch.Tensor, b: Batch) -> torch.Tensor:
-        if self.dedupe:  # our goal trick alone, to separate its gain from the fused step's
-            return net.features(obs, net.goals(b.goal_ids, b.goal_lengths, b.goal_index))
-        rows = b.goal_index  # one goal encoding per transition, as a per-row MLP/GRU would do
-        return net.features(obs, net.goal_encoder(b.goal_ids[rows], b.goal_lengths[rows]))
+    def inputs(self, obs: torch.Tensor, b: Batch) -> torch.Tensor:
+        goal = self.goal_table[b.goal_ids].mean(1)[b.goal_index]
+        return torch.cat([obs.flatten(1).float() / 10.0, goal], 1)
 
     def update(self, b: Batch) -> None:
-        net, cfg, a = self.net, self.cfg, b.action[:, None]
+        cfg, a = self.cfg, b.action[:, None]
+        s, s2 = self.inputs(b.obs[:, -2], b), self.inputs(b.obs[:, -1], b)
         with torch.no_grad():
-            next_v = net.v(self.z(net, b.next_obs, b)).squeeze(-1)
-        # _update_v
-        with torch.no_grad():
-            zt = self.z(self.target, b.obs, b)
-            target_q = torch.minimum(self.target.q1(zt), self.target.q2(zt)).gather(1, a).squeeze(1)
-        v = net.v(self.z(net, b.obs, b)).squeeze(-1)
-        adv = target_q - v
+            next_v = self.v(s2).squeeze(-1)
+            tq = torch.minimum(self.q_target[0](s), self.q_target[1](s)).gather(1, a).squeeze(1)
+        v = self.v(s).squeeze(-1)
+        adv = tq - v
         v_loss = expectile_loss(adv, cfg.expectile)
         self.v_opt.zero_grad()
         v_loss.backward()
-        allreduce_grads(self.v_params)
         self.v_opt.step()
-        # _update_q
         targets = b.reward + (1.0 - b.done) * cfg.discount * next_v
-        z = self.z(net, b.obs, b)
-        q1, q2 = net.q1(z).gather(1, a).squeeze(1), net.q2(z).gather(1, a).squeeze(1)
+        q1, q2 = self.q1(s).gather(1, a).squeeze(1), self.q2(s).gather(1, a).squeeze(1)
         q_loss = (F.mse_loss(q1, targets) + F.mse_loss(q2, targets)) / 2
         self.q_opt.zero_grad()
         q_loss.backward()
-        allreduce_grads(self.q_params)
         self.q_opt.step()
         with torch.no_grad():
-            for tp, sp in zip(q_side(self.target), q_side(net), strict=True):
+            for tp, sp in zip(
+                self.q_target.parameters(), [*self.q1.parameters(), *self.q2.parameters()], strict=True
+            ):
                 tp.data.copy_((1 - cfg.tau) * tp.data + cfg.tau * sp.data)
-        # _update_policy
         exp_adv = torch.exp(cfg.beta * adv.detach()).clamp(max=cfg.exp_adv_max)
-        logits = net.pi(self.z(net, b.obs, b))
-        policy_loss = (exp_adv * F.cross_entropy(logits, b.action, reduction="none")).mean()
+        policy_loss = (exp_adv * F.cross_entropy(self.actor(s), b.action, reduction="none")).mean()
         self.actor_opt.zero_grad()
         policy_loss.backward()
-        allreduce_grads(self.pi_params)
         self.actor_opt.step()
         self.actor_sched.step()
 
 
-def make_ours(net: IQLNet, cfg: IQLConfig, steps: int, ddp: bool, compile_: bool):
-    target = copy.deepcopy(net).requires_grad_(False)
-    opt, sched = make_optimizer(net, cfg, steps)
-    model = torch.nn.parallel.DistributedDataParallel(net) if ddp else net
-    if compile_:
-        model = torch.compile(model)
+def ours(cfg: IQLConfig, mode: str, device: torch.device, compile_: bool):
+    spec = ModelSpec(
+        *(mode, VOCAB, ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder, cfg.context),
+        *(cfg.history, cfg.token_dim, COMMA),
+    )
+    net = IQLNet(spec).to(device)
+    target = target_heads(net)
+    opt, sched = make_optimizer(net, cfg, 10_000)
+    model = torch.compile(net) if compile_ else net
     return lambda b: iql_update(model, net, target, opt, sched, b, cfg)
 
 
-def timed(
-    update, buffer: ReplayBuffer, cfg: IQLConfig, device: torch.device, steps: int, warmup: int
-) -> float:
-    gen = torch.Generator().manual_seed(0)
-    batches = [buffer.sample(cfg.batch_size, gen).to(device) for _ in range(warmup + steps)]
+def legacy(cfg: IQLConfig, mode: str, device: torch.device, rev: str):
+    """The pre-history model and update step, loaded from git at `rev`: today's context-1 update before this
+    change (GRU goal encoder, target copy of the whole Q side, separate passes on s, s' and the target)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    pkg = os.path.join(tempfile.mkdtemp(prefix="legacy-iql-"), "legacy_iql")
+    os.makedirs(pkg)
+    for name in ("model", "update", "losses"):
+        text = subprocess.run(
+            ["git", "-C", root, "show", f"{rev}:rgvlm_ray/iql/{name}.py"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        with open(os.path.join(pkg, f"{name}.py"), "w") as f:
+            f.write(text.replace("rgvlm_ray.iql.", "legacy_iql."))
+    open(os.path.join(pkg, "__init__.py"), "w").close()
+    sys.path.insert(0, os.path.dirname(pkg))
+    import legacy_iql.model as old_model
+    import legacy_iql.update as old_update
+
+    net = old_model.IQLNet(old_model.ModelSpec(mode, VOCAB, ACTIONS, cfg.hidden, cfg.embed_dim, "gru")).to(
+        device
+    )
+    target = copy.deepcopy(net).requires_grad_(False)
+    opt, sched = old_update.make_optimizer(net, cfg, 10_000)
+
+    def update(b: Batch) -> None:
+        old = old_update.Batch(
+            *(b.obs[:, -2], b.obs[:, -1], b.action, b.reward, b.done),
+            *(b.goal_ids, b.goal_lengths, b.goal_index),
+        )
+        old_update.iql_update(net, net, target, opt, sched, old, cfg)
+
+    return update
+
+
+def timed(update, batches: list[Batch], device: torch.device, warmup: int = 3) -> float:
     for b in batches[:warmup]:
         update(b)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    if dist.is_initialized():
-        dist.barrier()
     start = time.perf_counter()
     for b in batches[warmup:]:
         update(b)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start)
+    return (len(batches) - warmup) / (time.perf_counter() - start)
 
 
-def measure(rank: int, world: int, args: argparse.Namespace, mode: str, results: dict) -> None:
-    if world > 1:
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(args.port))
-        dist.init_process_group("gloo" if args.device == "cpu" else "nccl", rank=rank, world_size=world)
-    torch.set_num_threads(args.threads_per_worker)
-    device = torch.device(args.device if args.device == "cpu" else f"cuda:{rank}")
-    cfg = IQLConfig(obs_mode=mode, batch_size=args.batch_size)
-    buffer = synthetic_buffer(mode, 4096, seed=rank)
-    steps = args.steps if mode == "symbolic" else max(5, args.steps // 3)
-    rates: dict[str, list[float]] = {"ours": [], "corl": [], "corl_dedupe": []}
-    for _ in range(args.rounds):  # interleaved rounds: both see the same machine load
-        torch.manual_seed(0)
-        net = IQLNet(ModelSpec(mode, VOCAB, ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder)).to(device)
-        rates["ours"].append(
-            timed(make_ours(net, cfg, 10_000, world > 1, args.compile), buffer, cfg, device, steps, 3)
-        )
-        torch.manual_seed(0)
-        net = IQLNet(ModelSpec(mode, VOCAB, ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder)).to(device)
-        rates["corl"].append(timed(CorlStyle(net, cfg, 10_000).update, buffer, cfg, device, steps, 3))
-        torch.manual_seed(0)
-        net = IQLNet(ModelSpec(mode, VOCAB, ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder)).to(device)
-        rates["corl_dedupe"].append(
-            timed(CorlStyle(net, cfg, 10_000, True).update, buffer, cfg, device, steps, 3)
-        )
-    if rank == 0:
-        results[(mode, world)] = {k: statistics.median(v) for k, v in rates.items()}
-    if world > 1:
-        dist.destroy_process_group()
-
-
-def run_world(world: int, args: argparse.Namespace, mode: str) -> dict:
-    if world == 1:
-        results: dict = {}
-        measure(0, 1, args, mode, results)
-        return results[(mode, 1)]
-    with mp.Manager() as manager:
-        results = manager.dict()
-        mp.spawn(measure, args=(world, args, mode, results), nprocs=world, join=True)
-        return dict(results[(mode, world)])
+def arms(default: IQLConfig) -> dict[str, IQLConfig]:
+    return {
+        f"history, context {default.context} (default)": default,
+        "context 1": IQLConfig(**{**vars(default), "context": 1}),
+        "context 1, GRU goal (pre-history inputs)": IQLConfig(
+            **{**vars(default), "context": 1, "goal_encoder": "gru"}
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--modes", default="symbolic,image")
-    parser.add_argument("--workers", default="1,2", help="DDP world sizes to measure")
+    parser.add_argument("--modes", default="symbolic")
     parser.add_argument("--steps", type=int, default=20, help="timed updates per round (image: a third)")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--threads-per-worker",
-        type=int,
-        default=1,
-        help="1: OpenMP threads spin badly on a shared 2-core machine",
-    )
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU cost per core)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile our forward (GPU)")
     parser.add_argument(
-        "--compile", action="store_true", help="torch.compile our forward (slow start on CPU)"
+        "--legacy-rev", default=LEGACY_REV, help="git rev of the memoryless model ('' to skip)"
     )
-    parser.add_argument("--port", type=int, default=29531)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     rows = []
     for mode in args.modes.split(","):
-        for world in (int(w) for w in args.workers.split(",")):
-            r = run_world(world, args, mode)
-            rows.append({"mode": mode, "workers": world, **r, "speedup": r["ours"] / r["corl"]})
-            rows[-1]["speedup_vs_dedupe"] = r["ours"] / r["corl_dedupe"]
+        default = IQLConfig(obs_mode=mode, batch_size=args.batch_size)
+        buffer = synthetic_buffer(mode, 8192)
+        steps = args.steps if mode == "symbolic" else max(5, args.steps // 3)
+        gen = torch.Generator().manual_seed(0)
+        idx_batches = [buffer.sample(args.batch_size, default.context, gen) for _ in range(steps + 3)]
+        rates: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for name, cfg in arms(default).items():
+                # The same transitions for every arm: the default-context windows, cut to each arm's context.
+                batches = [cut(b, cfg.context).to(device) for b in idx_batches]
+                torch.manual_seed(0)
+                rates.setdefault(name, []).append(
+                    timed(ours(cfg, mode, device, args.compile), batches, device)
+                )
+            batches = [b.to(device) for b in idx_batches]
+            obs_dim = int(np.prod(batches[0].obs.shape[2:]))
+            corl = CorlStyle(obs_dim, default, 10_000, device)
+            rates.setdefault("CORL-style MLPs (memoryless)", []).append(timed(corl.update, batches, device))
+            if args.legacy_rev:
+                old = legacy(default, mode, device, args.legacy_rev)
+                rates.setdefault(f"before history ({args.legacy_rev}): context 1", []).append(
+                    timed(old, batches, device)
+                )
+        base_arm = f"before history ({args.legacy_rev}): context 1" if args.legacy_rev else None
+        base = statistics.median(rates[base_arm or "context 1, GRU goal (pre-history inputs)"])
+        for name, values in rates.items():
+            r = statistics.median(values)
+            rows.append({"mode": mode, "arm": name, "updates_per_s": r, "samples_per_s": r * args.batch_size,
+                         "cost_vs_baseline": base / r})  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{datetime.date.today()} {platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"device {args.device}, batch {args.batch_size}, compile {args.compile}\n")  # fmt: skip
-    print(
-        "| obs mode | DDP workers | ours, updates/s per worker | CORL-style | speedup "
-        "| CORL-style + goal dedupe | speedup over that | ours, samples/s (all workers) |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
+          f"device {args.device}, {args.threads} thread(s), batch {args.batch_size}, compile {args.compile}\n")  # fmt: skip
+    print(f"| obs | arm | updates/s | samples/s | CPU per sample vs {base_arm or 'context 1 + GRU goal'} |")
+    print("|---|---|---|---|---|")
     for r in rows:
-        total = r["ours"] * args.batch_size * r["workers"]
-        print(
-            f"| {r['mode']} | {r['workers']} | {r['ours']:.1f} | {r['corl']:.1f} | **{r['speedup']:.2f}x** "
-            f"| {r['corl_dedupe']:.1f} | {r['speedup_vs_dedupe']:.2f}x | {total:,.0f} |"
-        )
+        print(f"| {r['mode']} | {r['arm']} | {r['updates_per_s']:.1f} | {r['samples_per_s']:,.0f} "
+              f"| **{r['cost_vs_baseline']:.2f}x** |")  # fmt: skip
+
+
+def cut(b: Batch, context: int) -> Batch:
+    """The same transitions with the last `context` observations (plus s') of each window."""
+    keep = slice(b.obs.shape[1] - context - 1, None)
+    return Batch(
+        **{**vars(b), "obs": b.obs[:, keep], "prev_action": b.prev_action[:, keep], "valid": b.valid[:, keep]}
+    )
 
 
 if __name__ == "__main__":

@@ -81,7 +81,7 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "label_episode.in_path", help="dataset folder, s3:// prefix or shard"),
             Flag("--episode", "label_episode.episode", help="episode id (default: the first one)"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--window", "labeler.window", int, "actions per judge call"),
             Flag("--view", "labeler.view", help="frames | frames_full"),
@@ -95,7 +95,7 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
             Flag("--out", "label.out_path", help="output folder or s3:// prefix (shards keep their names)"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--force", "label.force", bool, "relabel every shard"),
             Flag("--allow-quarantine", "label.allow_quarantine", bool, "exit 0 despite quarantined shards"),
@@ -121,7 +121,11 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "train.in_path", help="labeled episodes: folder or s3:// prefix"),
             Flag("--out", "train.out_path", help="run folder or s3:// prefix; a rerun resumes from it"),
-            Flag("--reward", "train.reward", help="sparse | rgvlm | rgvlm+sparse | clip | oracle"),
+            Flag(
+                "--reward",
+                "train.reward",
+                help="TERM or TERM+TERM..., TERM = sparse | rgvlm | clip | oracle | noisyNN (e.g. rgvlm+sparse)",
+            ),
             Flag("--workers", "train.workers", int, "Ray Train workers (DDP)"),
             Flag("--steps", "train.steps", int, "total updates"),
             Flag("--cpus-per-worker", "train.cpus_per_worker", float, "default: leave a CPU for Ray Data"),
@@ -166,13 +170,26 @@ COMMANDS: dict[str, Command] = {
             *STORAGE_FLAGS,
         ],
     ),
+    "study": Command(
+        "the paper's experiment on Ray: labelers x reward modes x seeds, with CIs (docs/study.md)",
+        "rgvlm_ray.study:main",
+        [
+            Flag("--out", "study.out", help="folder or s3:// prefix for data, runs, evals and study.md"),
+            Flag("--in", "study.in_path", help="raw dataset (default: generate one into OUT/data/raw)"),
+            Flag("--seeds", "study.seeds", int, "training runs per arm (train.seed = 0..N-1)"),
+            Flag("--steps", "train.steps", int, "IQL updates per run"),
+            Flag("--episodes-per-k", "eval.episodes_per_k", int, "evaluation missions per k and split"),
+            Flag("--parallel", "study.parallel", int, "trainings side by side"),
+            *STORAGE_FLAGS,
+        ],
+    ),
     "relabel": Command(
         "label only new or changed shards, then optionally retrain: safe to run from cron",
         "rgvlm_ray.labeling.relabel:main",
         [
             Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
             Flag("--out", "label.out_path", help="labeled output: folder or s3:// prefix"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle"),
+            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--then-train", "relabel.then_train", bool, "retrain when something new was labeled"),
             Flag("--train-root", "relabel.train_root", help="folder or s3:// prefix for new training runs"),

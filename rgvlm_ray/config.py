@@ -126,6 +126,10 @@ class LabelerConfig:
     num_samples: int = 1  # self-consistency: scoring samples per window (mean kept, std in score_std)
     max_parse_retries: int = 2  # extra scoring attempts when an answer is not JSON of the right shape
     max_goal_chars: int = 500  # longer goals are truncated before they reach the prompt
+    oracle_noise: float = (
+        0.3  # noisy_oracle: P(a step is chosen); chosen steps swap labels within the episode
+    )
+    oracle_noise_seed: int = 0
 
 
 @dataclass
@@ -193,8 +197,11 @@ class IQLConfig:
     """Language-conditioned discrete IQL (rgvlm_ray/iql). docs/iql.md gives the source of every default."""
 
     obs_mode: str = "symbolic"  # symbolic (BabyAI 7x7x3 grid, fast on CPU) | image (56x56 agent-view frames)
+    context: int = 8  # observations per window (and the actions between them); 1: memoryless (docs/iql.md)
+    history: str = "transformer"  # sequence model over the window: transformer | gru
+    token_dim: int = 128  # width of one step's token in the window
     hidden: int = 256
-    goal_encoder: str = "gru"  # gru | mean
+    goal_encoder: str = "attn"  # attn (position-aware, attended by the history) | gru | mean
     embed_dim: int = 64
     max_vocab: int = 1000  # most frequent goal words kept; the rest map to <unk>
     discount: float = 0.97  # BOSS/SPRINT ALFRED (paper: 0.99)
@@ -252,11 +259,36 @@ class RunConfig:
     """The end-to-end demo (rgvlm run)."""
 
     out: str = ""  # required: a local folder
-    rewards: list[str] = field(default_factory=lambda: ["sparse", "rgvlm+sparse", "oracle", "clip", "rgvlm"])
+    # One training run per reward mode (train.reward), each labelled in report.md by what the run wrote.
+    rewards: list[str] = field(
+        default_factory=lambda: ["sparse", "oracle+sparse", "rgvlm+sparse", "clip+sparse", "oracle", "rgvlm"]
+    )
     clip_model: str = (
         ""  # empty: a tiny random CLIP built on the spot (noise); e.g. openai/clip-vit-base-patch32
     )
     eval_split: str = "seen"  # seen | randomized
+
+
+@dataclass
+class StudyConfig:
+    """`rgvlm study`: the paper's experiment, labelers x reward modes x seeds, on Ray (docs/study.md)."""
+
+    out: str = ""  # required: folder or s3:// prefix for data, labels, runs, evals, study.md and study.json
+    in_path: str = ""  # raw dataset; empty: generated into OUT/data/raw with generate.* (reused if there)
+    # Labelers, run in this order as a chain (each labels the previous one's output): oracle | noisyNN (the
+    # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | rgvlm (engine.*).
+    labelers: list[str] = field(
+        default_factory=lambda: ["oracle", "noisy10", "noisy30", "noisy60", "clip", "rgvlm"]
+    )
+    # Reward-mode templates; X is replaced by each labeler that succeeded. `sparse` always runs.
+    modes: list[str] = field(default_factory=lambda: ["X", "X+sparse"])
+    seeds: int = 3  # training runs per arm, train.seed = 0 .. seeds-1
+    splits: list[str] = field(default_factory=lambda: ["seen", "randomized"])  # each run is evaluated on all
+    contexts: list[int] = field(default_factory=lambda: [1])  # ablation: oracle+sparse at these iql.context
+    # Trainings side by side (each its own Ray Train run, from a driver thread). On small machines keep
+    # parallel x train.workers x train.cpus_per_worker <= CPUs - 1, or Ray Data's tasks starve (stack.md).
+    parallel: int = 2
+    clip_model: str = ""  # empty: a tiny random CLIP built under OUT/models (noise)
 
 
 @dataclass
@@ -278,6 +310,7 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 def resolve_config_path(name: str) -> Path:

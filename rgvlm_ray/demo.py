@@ -1,6 +1,11 @@
 """`rgvlm run`: the end-to-end demo. Generate, label three ways, train IQL per reward source, evaluate by k,
 and write `report.md`.
 
+The labelers run in a chain (raw -> oracle -> clip -> rgvlm, each labeling the previous one's output), so the last
+labeled dataset carries every labeler's columns side by side, and each training run reads it with its own
+`train.reward`. The report labels every row from what the run wrote (`reward` in its checkpoint's run.json, copied
+into eval.json), never from folder names or the configured list.
+
 Every stage is the production code path (the same functions as `rgvlm generate|label|train|evaluate|compare`),
 writing under OUT/. A rerun on the same OUT reuses what is done: existing data, labels the manifest says are
 current, finished training runs (which resume to `train.steps`), so an interrupted demo picks up where it stopped.
@@ -16,75 +21,34 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config
-from rgvlm_ray.data import format as fmt
+from rgvlm_ray.demo_report import write_report
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.workspace import NOISE_WARNING, Workspace, has_shards, tiny_model
 
 log = logging.getLogger(__name__)
-REAL_LVLM = "--engine vllm --model Qwen/Qwen2.5-VL-7B-Instruct label.num_gpus_per_actor=1"
-NOISE_WARNING = (
-    "RG-VLM labels in this demo come from a tiny, randomly initialised Qwen2-VL: the two-stage pipeline is real, "
-    "but the rewards are NOISE, so rgvlm and rgvlm+sparse results say nothing about RG-VLM itself. "
-    f"For real labels, point engine.model at an LVLM on a GPU node: `rgvlm run --config gpu-node ...` or add "
-    f"`{REAL_LVLM}`."
-)
-# Which labeled dataset each reward mode trains from (labels are namespaced, so `sparse` can use any).
-SOURCE_OF = {
-    "sparse": "oracle",
-    "oracle": "oracle",
-    "clip": "clip",
-    "rgvlm": "rgvlm",
-    "rgvlm+sparse": "rgvlm",
-}
+# Labeled in this order, each from the previous one's output, so the last dataset carries every labeler's columns
+# side by side (the pipeline keeps the label columns of its input) and every reward mode trains from it.
+LABELERS = ("oracle", "clip", "rgvlm")
 
 
-@dataclass
-class Stage:
-    name: str
-    seconds: float
-    work: float  # units of `unit` done
-    unit: str
-    note: str = ""
-
-    @property
-    def rate(self) -> float:
-        return self.work / self.seconds if self.seconds > 0 else 0.0
+def labeled_path(state: Workspace, labeler: str) -> str:
+    return state.path("data", f"labeled-{labeler}")
 
 
-@dataclass
-class DemoState:
-    cfg: Config
-    out: str
-    stages: list[Stage] = field(default_factory=list)
-    tiny_vlm: bool = False
-    tiny_clip: bool = False
-
-    def path(self, *parts: str) -> str:
-        return storage.join(self.out, *parts)
-
-    def timed(self, name: str, unit: str, fn, note: str = ""):
-        print(f"\n=== {name} ===", flush=True)
-        start = time.perf_counter()
-        work = fn()
-        self.stages.append(Stage(name, time.perf_counter() - start, float(work or 0), unit, note))
-        return work
+def arm_name(reward: str) -> str:
+    """A reward mode as a folder name: `oracle+sparse` -> `oracle_sparse`."""
+    return reward.replace("+", "_")
 
 
-def _has_shards(path: str, cfg: Config) -> bool:
-    try:
-        return bool(fmt.list_shards(path, cfg.storage))
-    except FileNotFoundError:
-        return False
-
-
-def generate(state: DemoState) -> int:
+def generate(state: Workspace) -> int:
     from rgvlm_ray.data import generate as gen
 
     raw = state.path("data", "raw")
-    if _has_shards(raw, state.cfg):
+    if has_shards(raw, state.cfg):
         print(f"reusing {raw}")
         return 0
     summary = gen.run(replace(state.cfg, generate=replace(state.cfg.generate, out=raw)))
@@ -92,27 +56,19 @@ def generate(state: DemoState) -> int:
     return summary["transitions"]
 
 
-def _tiny_model(state: DemoState, name: str, build) -> str:
-    """Build a tiny random model once under OUT/models (a rerun reuses it)."""
-    path = state.path("models", name)
-    if not os.path.exists(os.path.join(path, "config.json")):
-        build(path)
-    return path
-
-
-def models(state: DemoState) -> None:
+def models(state: Workspace) -> None:
     """Stand in tiny random models for the ones not configured, and remember that the labels are noise."""
     from rgvlm_ray.labeling.tiny_vlm import build_clip, build_qwen2_vl
 
     if not state.cfg.engine.model:
         state.tiny_vlm = True
-        state.cfg.engine.model = _tiny_model(state, "tiny-qwen2-vl", build_qwen2_vl)
+        state.cfg.engine.model = tiny_model(state, "tiny-qwen2-vl", build_qwen2_vl)
     if not state.cfg.run.clip_model:
         state.tiny_clip = True
-        state.cfg.run.clip_model = _tiny_model(state, "tiny-clip", build_clip)
+        state.cfg.run.clip_model = tiny_model(state, "tiny-clip", build_clip)
 
 
-def label(state: DemoState, labeler: str) -> int:
+def label(state: Workspace, labeler: str, in_path: str) -> int:
     from rgvlm_ray.labeling import pipeline
 
     cfg = state.cfg
@@ -121,34 +77,34 @@ def label(state: DemoState, labeler: str) -> int:
         if labeler == "rgvlm"
         else replace(cfg.engine, kind=labeler, model=cfg.run.clip_model if labeler == "clip" else "")
     )
-    label_cfg = replace(
-        cfg.label, in_path=state.path("data", "raw"), out_path=state.path("data", f"labeled-{labeler}")
-    )
+    label_cfg = replace(cfg.label, in_path=in_path, out_path=labeled_path(state, labeler))
     summary = pipeline.run(replace(cfg, engine=engine, label=label_cfg))
     if pipeline.exit_code(summary, cfg.label.allow_quarantine) != 0:
         raise RuntimeError(f"labeling with {labeler} did not complete: see {label_cfg.out_path}/summary.json")
     return summary["transitions"]
 
 
-def train(state: DemoState, reward: str) -> int:
+def train(state: Workspace, reward: str) -> int:
+    """One IQL run on `reward` (train.reward), from the dataset that carries every labeler's columns."""
     from rgvlm_ray.iql import trainer
 
     cfg = state.cfg
     t = replace(
         cfg.train,
-        in_path=state.path("data", f"labeled-{SOURCE_OF[reward]}"),
-        out_path=state.path("runs", reward.replace("+", "_")),
+        in_path=labeled_path(state, LABELERS[-1]),
+        out_path=state.path("runs", arm_name(reward)),
+        reward=reward,
     )
     if trainer.main(replace(cfg, train=t)) != 0:
         raise RuntimeError(f"training with --reward {reward} failed")
     return cfg.train.steps
 
 
-def evaluate(state: DemoState, reward: str) -> int:
+def evaluate(state: Workspace, reward: str) -> int:
     from rgvlm_ray.iql import evaluate as ev
 
     cfg = state.cfg
-    name = reward.replace("+", "_")
+    name = arm_name(reward)
     e = replace(
         cfg.eval, checkpoint=state.path("runs", name), out=state.path("eval", name), split=cfg.run.eval_split
     )
@@ -157,16 +113,31 @@ def evaluate(state: DemoState, reward: str) -> int:
     return 6 * cfg.eval.episodes_per_k
 
 
-def compare(state: DemoState) -> None:
+def compare(state: Workspace) -> None:
     from rgvlm_ray.iql import compare as cmp
 
     c = replace(
         state.cfg.compare,
-        runs=[state.path("eval", r.replace("+", "_")) for r in state.cfg.run.rewards],
+        runs=[state.path("eval", arm_name(r)) for r in state.cfg.run.rewards],
         out=state.path("compare"),
         title="IQL success by sub-task count, per reward source",
     )
     cmp.main(replace(state.cfg, compare=c))
+
+
+def check_rewards(rewards: list[str]) -> None:
+    """Every mode must be one `rgvlm train` knows and use only the labelers the demo runs."""
+    from rgvlm_ray.iql.rewards import labelers_in
+
+    for reward in rewards:
+        unknown = [x for x in labelers_in(reward) if x not in LABELERS]  # UsageError for a malformed mode
+        if unknown:
+            raise UsageError(
+                f"run.rewards: {reward!r} needs labeler(s) {unknown}, but the demo labels with {list(LABELERS)}"
+            )
+    duplicates = sorted({arm_name(r) for r in rewards if rewards.count(r) > 1})
+    if duplicates:
+        raise UsageError(f"run.rewards lists {duplicates} more than once")
 
 
 def main(cfg: Config) -> int:
@@ -174,20 +145,24 @@ def main(cfg: Config) -> int:
     from rgvlm_ray.ray_utils import init_ray
 
     require(cfg, "run.out")
-    unknown = [r for r in cfg.run.rewards if r not in SOURCE_OF]
-    if unknown:
-        raise UsageError(f"run.rewards: unknown reward mode(s) {unknown}; choose from {sorted(SOURCE_OF)}")
+    check_rewards(cfg.run.rewards)
     if storage.is_remote(cfg.run.out):
         raise UsageError("run.out must be a local folder (the demo writes report.md and plots there)")
-    state = DemoState(cfg, os.path.abspath(cfg.run.out))
+    state = Workspace(cfg, os.path.abspath(cfg.run.out))
     start = time.perf_counter()
     init_ray(cfg.ray)
     state.timed("generate", "transitions", lambda: generate(state))
     models(state)
     if state.tiny_vlm:
         print(f"\nNOTE: {NOISE_WARNING}")
-    for labeler in ("rgvlm", "clip", "oracle"):
-        state.timed(f"label ({labeler})", "transitions", lambda labeler=labeler: label(state, labeler))
+    source = state.path("data", "raw")
+    for labeler in LABELERS:
+        state.timed(
+            f"label ({labeler})",
+            "transitions",
+            lambda labeler=labeler, source=source: label(state, labeler, source),
+        )
+        source = labeled_path(state, labeler)
     for reward in cfg.run.rewards:
         state.timed(
             f"train ({reward})",
@@ -198,9 +173,9 @@ def main(cfg: Config) -> int:
     for reward in cfg.run.rewards:
         state.timed(f"evaluate ({reward})", "episodes", lambda reward=reward: evaluate(state, reward))
     compare(state)
-    from rgvlm_ray.demo_report import write_report
-
-    path = write_report(state, time.perf_counter() - start)
+    evals = [state.path("eval", arm_name(r)) for r in cfg.run.rewards]
+    final = labeled_path(state, LABELERS[-1])
+    path = write_report(state, time.perf_counter() - start, evals, final, list(LABELERS))
     print(f"\nwrote {path}")
     if state.tiny_vlm:
         print(f"NOTE: {NOISE_WARNING}")

@@ -7,32 +7,33 @@ import os
 import platform
 import time
 
-from rgvlm_ray.demo import NOISE_WARNING, REAL_LVLM, DemoState
-from rgvlm_ray.iql.compare import comparison_table
+from rgvlm_ray.iql.compare import comparison_table, unique_labels
 from rgvlm_ray.iql.evaluate import plot_png
 from rgvlm_ray.labeling import report as label_report
+from rgvlm_ray.workspace import NOISE_WARNING, REAL_LVLM, Workspace
 
 
-def _series(state: DemoState) -> dict[str, list[dict]]:
-    series = {}
-    for reward in state.cfg.run.rewards:
-        with open(state.path("eval", reward.replace("+", "_"), "eval.json")) as f:
-            series[reward] = json.load(f)["by_k"]
-    return series
+def _series(state: Workspace, evals: list[str]) -> dict[str, list[dict]]:
+    """by_k per evaluation, each labelled with the reward its run wrote (eval.json's `reward`)."""
+    loaded = []
+    for folder in evals:
+        with open(os.path.join(folder, "eval.json")) as f:
+            loaded.append(json.load(f))
+    paths = [os.path.join(folder, "eval.json") for folder in evals]
+    labels = unique_labels(loaded, paths, state.cfg.storage, with_split=False)
+    return dict(zip(labels, (e["by_k"] for e in loaded), strict=True))
 
 
-def _label_quality(state: DemoState) -> str:
+def _label_quality(state: Workspace, labeled: str, labelers: list[str]) -> str:
     blocks = []
-    for labeler in ("rgvlm", "clip", "oracle"):
-        reports, table, _ = label_report.build(
-            state.path("data", f"labeled-{labeler}"), state.cfg.storage, labeler
-        )
+    for labeler in labelers:
+        reports, table, _ = label_report.build(labeled, state.cfg.storage, labeler)
         label_report.histogram(table, [labeler], state.path(f"scores_{labeler}.png"))
         blocks.append(label_report.markdown(reports) + f"\n![{labeler} scores](scores_{labeler}.png)\n")
     return "\n".join(blocks)
 
 
-def _throughput(state: DemoState) -> str:
+def _throughput(state: Workspace) -> str:
     lines = ["| stage | seconds | work | rate | note |", "|---|---|---|---|---|"]
     for s in state.stages:
         rate = f"{s.rate:,.1f} {s.unit}/s" if s.work else "reused"
@@ -40,9 +41,12 @@ def _throughput(state: DemoState) -> str:
     return "\n".join(lines)
 
 
-def write_report(state: DemoState, seconds: float) -> str:
+def write_report(
+    state: Workspace, seconds: float, evals: list[str], labeled: str, labelers: list[str]
+) -> str:
+    """report.md from the evaluation folders `evals` and the labeled dataset `labeled` (carrying `labelers`)."""
     cfg = state.cfg
-    series = _series(state)
+    series = _series(state, evals)
     with open(state.path("success_by_k.png"), "wb") as f:
         f.write(plot_png(series, "Success rate by number of sub-tasks k"))
     with open(state.path("completion_by_k.png"), "wb") as f:
@@ -80,12 +84,13 @@ Spearman correlation of the cumulative labeled reward with true sub-task progres
 episodes), next to the same statistic with the episode's rewards shuffled in time (a null baseline), and the mean
 reward on steps that complete a sub-task against all other steps.
 
-{_label_quality(state)}
+{_label_quality(state, labeled, labelers)}
 ## Throughput of each stage
 
 {_throughput(state)}
 
-Files: data under `data/`, labeled datasets `data/labeled-*` (each with `_manifest.json` and `summary.json`),
+Files: data under `data/`, labeled datasets `data/labeled-*` (each with `_manifest.json` and `summary.json`; each
+labels the previous one's output, so `{os.path.relpath(labeled, state.out)}` carries every labeler's columns),
 training runs under `runs/`, evaluations under `eval/`, the comparison under `compare/`.
 """
     path = state.path("report.md")

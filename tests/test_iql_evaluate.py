@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from dataclasses import asdict
@@ -14,7 +13,7 @@ from rgvlm_ray.cli import main as cli
 from rgvlm_ray.config import Config, EnvConfig
 from rgvlm_ray.data.env import NUM_ACTIONS
 from rgvlm_ray.iql.checkpoint import checkpoint_name, latest_checkpoint, load_policy, save_checkpoint
-from rgvlm_ray.iql.model import IQLNet, ModelSpec
+from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.update import make_optimizer
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -27,11 +26,13 @@ def write_checkpoint(run_dir: str, step: int = 3, reward: str = "oracle") -> str
     vocab = Vocab.build(
         ["go to the red ball, then pick up a key", "open a door, then put the box next to it"]
     )
-    net = IQLNet(ModelSpec("symbolic", len(vocab), NUM_ACTIONS, hidden=32, embed_dim=8))
+    net = IQLNet(
+        ModelSpec("symbolic", len(vocab), NUM_ACTIONS, 32, 8, context=4, clause_sep=vocab.clause_separator())
+    )
     optimizer, scheduler = make_optimizer(net, cfg.iql, 10)
     run = {"step": step, "reward": reward, "pool_seed": 0, "env": asdict(EnvConfig()), "reward_scale": 1.0}
     path = os.path.join(run_dir, checkpoint_name(step))
-    save_checkpoint(path, net, copy.deepcopy(net), optimizer, scheduler, vocab, cfg, run)
+    save_checkpoint(path, net, target_heads(net), optimizer, scheduler, vocab, cfg, run)
     return path
 
 

@@ -47,9 +47,12 @@ def test_iql_beats_random_on_k1(one_thread) -> None:
     env = EnvConfig()
     table = k1_dataset(env)
     vocab = Vocab.build(table["goal"].to_pylist())
-    cfg = IQLConfig(batch_size=128, hidden=128, goal_encoder="gru")
+    cfg = IQLConfig(batch_size=128, hidden=128)
     buffer = ReplayBuffer.from_numpy(to_transitions(table, "symbolic", "oracle", {}, "zero", 1.0, vocab))
-    spec = ModelSpec("symbolic", len(vocab), NUM_ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder)
+    spec = ModelSpec(
+        *("symbolic", len(vocab), NUM_ACTIONS, cfg.hidden, cfg.embed_dim, cfg.goal_encoder, cfg.context),
+        clause_sep=vocab.clause_separator(),
+    )
     net, metrics = fit(buffer, IQLNet(spec), cfg, STEPS, seed=0)
 
     missions = list(range(EVAL_MISSIONS))

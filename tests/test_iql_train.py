@@ -50,7 +50,9 @@ def test_train_two_workers_checkpoints_and_resumes(
     out = str(tmp_path / "run")
     args = ["train", "--in", data, "--out", out, "--reward", "oracle", "--workers", "2"]
 
-    assert cli([*args, "--steps", "4", *TINY, "train.checkpoint_every=4"]) == 0
+    assert (
+        cli([*args, "--steps", "4", *TINY, "train.checkpoint_every=4", "iql.context=3", "train.seed=5"]) == 0
+    )
     first = latest_checkpoint(out)
     assert first == os.path.join(out, "checkpoint_00000004")
     assert {
@@ -64,6 +66,9 @@ def test_train_two_workers_checkpoints_and_resumes(
     run = read_run(first)
     assert run["step"] == 4 and run["resumed_from"] == 0 and run["world_size"] == 2
     assert run["pool_seed"] == 0 and run["env"]["layout"] == "small"  # from the generator's metadata
+    assert run["reward"] == "oracle" and run["seed"] == 5 and run["context"] == 3  # this run's own treatment
+    net, _, _ = load_policy(first)
+    assert net.spec.context == 3 and net.spec.clause_sep > 0  # "," separates the k = 2 goals' clauses
     stdout = capsys.readouterr().out
     summary = json.loads(stdout[stdout.index('{\n  "out"') :])
     for key in (
@@ -79,7 +84,9 @@ def test_train_two_workers_checkpoints_and_resumes(
         assert key in summary["metrics"]
 
     # A rerun with more steps continues from step 4 rather than starting over.
-    assert cli([*args, "--steps", "8", *TINY, "train.checkpoint_every=4"]) == 0
+    assert (
+        cli([*args, "--steps", "8", *TINY, "train.checkpoint_every=4", "iql.context=3", "train.seed=5"]) == 0
+    )
     second = latest_checkpoint(out)
     assert second == os.path.join(out, "checkpoint_00000008")
     run = read_run(second)
@@ -103,7 +110,7 @@ def test_train_without_the_reward_column_names_the_labeling_command(tmp_path, ca
 
 def test_train_rejects_an_unknown_reward_mode(tmp_path, capsys) -> None:
     assert cli(["train", "--in", str(tmp_path), "--out", str(tmp_path / "run"), "--reward", "dense"]) == 2
-    assert "sparse | rgvlm | rgvlm+sparse | clip | oracle" in capsys.readouterr().err
+    assert "unknown term(s) ['dense']" in capsys.readouterr().err
 
 
 def test_train_writes_checkpoints_to_s3(ray_cluster, quick_train_controller, s3_env, tmp_path) -> None:
@@ -115,3 +122,12 @@ def test_train_writes_checkpoints_to_s3(ray_cluster, quick_train_controller, s3_
     assert latest == f"{out}/checkpoint_00000002"
     net, vocab, run = load_policy(latest)
     assert run["step"] == 2 and run["reward"] == "sparse" and len(vocab) > 2 and net.spec.hidden == 32
+
+
+def test_train_refuses_a_context_longer_than_any_episode(tmp_path, capsys) -> None:
+    data = labeled_dataset(str(tmp_path / "data"), episodes=4)
+    longest = max(len(a) for a in generated_table(episodes=4, subtasks="1-2")["actions"].to_pylist())
+    args = ["train", "--in", data, "--out", str(tmp_path / "run"), "--reward", "oracle"]
+    assert cli([*args, f"iql.context={longest + 2}"]) == 2
+    err = capsys.readouterr().err
+    assert f"the longest has {longest} steps" in err and f"iql.context <= {longest + 1}" in err

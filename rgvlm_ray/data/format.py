@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -49,9 +50,13 @@ STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0}
 FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1}
 NULLABLE_COLUMNS = {"progress", "frames_full", "symbolic", "directions"}  # unknown or not recorded
 
-# Label columns: every labeler (rgvlm, clip, oracle) writes the same suffixes under its own prefix,
+# Label columns: every labeler (rgvlm, clip, oracle, noisyNN) writes the same suffixes under its own prefix,
 # so one dataset can carry several labelings and `train --reward MODE` picks one by name.
 LABELERS = ("rgvlm", "clip", "oracle")
+# The noisy oracle (rgvlm_ray/labeling/noisy_oracle.py) names itself after its noise level, `noisy` + round(100p)
+# as two digits (noisy10, noisy30, noisy100), so several levels sit side by side on one dataset.
+NOISY_PREFIX = "noisy"
+_NOISY_NAME = re.compile(rf"^{NOISY_PREFIX}(\d{{2,3}})$")
 LABEL_STEP_SUFFIXES = ("score", "reward", "window", "status", "message")
 LABEL_FIELDS: dict[str, pa.DataType] = {
     "score": pa.list_(pa.float32()),  # raw score per action (0..10 for rgvlm), null when unscored
@@ -67,9 +72,21 @@ LABEL_FIELDS: dict[str, pa.DataType] = {
 }
 
 
+def noisy_percent(name: str) -> int | None:
+    """The noise level in percent of a canonical noisy-oracle name (`noisy30` -> 30), else None."""
+    m = _NOISY_NAME.match(name)
+    if m is None or int(m.group(1)) > 100 or f"{int(m.group(1)):02d}" != m.group(1):
+        return None  # noisy101, noisy030, noisy5: not names noisy_name() writes
+    return int(m.group(1))
+
+
+def is_labeler(name: str) -> bool:
+    return name in LABELERS or noisy_percent(name) is not None
+
+
 def label_column(labeler: str, suffix: str) -> str:
-    if labeler not in LABELERS:
-        raise ValueError(f"unknown labeler {labeler!r}; expected one of {LABELERS}")
+    if not is_labeler(labeler):
+        raise ValueError(f"unknown labeler {labeler!r}; expected one of {LABELERS} or {NOISY_PREFIX}NN")
     return f"{labeler}_{suffix}"
 
 
@@ -77,8 +94,20 @@ def label_schema(labeler: str) -> pa.Schema:
     return pa.schema([pa.field(label_column(labeler, s), t) for s, t in LABEL_FIELDS.items()])
 
 
+def _noisy_labelers(names: Iterable[str], suffixes: Iterable[str]) -> list[str]:
+    """Noisy-oracle prefixes of the columns `names` that end in one of `suffixes`, by noise level."""
+    found = set()
+    for name in names:
+        prefix, _, suffix = name.partition("_")
+        if suffix in suffixes and noisy_percent(prefix) is not None:
+            found.add(prefix)
+    return sorted(found, key=lambda n: noisy_percent(n) or 0)
+
+
 def labelers_present(schema: pa.Schema) -> list[str]:
-    return [name for name in LABELERS if label_column(name, "reward") in schema.names]
+    """Labelers with a reward column: the fixed ones (rgvlm, clip, oracle) first, then noisyNN by level."""
+    fixed = [name for name in LABELERS if label_column(name, "reward") in schema.names]
+    return fixed + _noisy_labelers(schema.names, ("reward",))
 
 
 class FormatError(ValueError):
@@ -104,7 +133,7 @@ class ValidationIssue:
 def conform(table: pa.Table) -> pa.Table:
     """Cast known columns to the canonical types (extra columns, e.g. labels, pass through)."""
     types = {f.name: f.type for f in EPISODE_SCHEMA}
-    for labeler in LABELERS:
+    for labeler in (*LABELERS, *_noisy_labelers(table.column_names, LABEL_FIELDS)):
         types.update({f.name: f.type for f in label_schema(labeler)})
     fields = [pa.field(n, types.get(n, table.schema.field(n).type)) for n in table.column_names]
     return table.cast(pa.schema(fields, metadata=table.schema.metadata))  # keep e.g. generator metadata

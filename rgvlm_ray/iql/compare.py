@@ -8,6 +8,7 @@ from typing import Any
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.iql.checkpoint import read_json
 from rgvlm_ray.iql.evaluate import KS, plot_png, write_outputs
 
 
@@ -32,13 +33,39 @@ def load_eval(path: str, cfg: StorageConfig) -> dict[str, Any]:
         return json.load(f)
 
 
-def unique_labels(evals: list[dict[str, Any]], paths: list[str]) -> list[str]:
-    labels = [e.get("label") or f"{e.get('reward')} ({e.get('split')})" for e in evals]
-    # Two runs with the same reward source: tell them apart by folder.
-    return [
-        f"{label} [{storage.basename(path.rsplit('/', 1)[0])}]" if labels.count(label) > 1 else label
-        for label, path in zip(labels, paths, strict=True)
-    ]
+def run_identity(ev: dict[str, Any], cfg: StorageConfig) -> dict[str, Any]:
+    """What the evaluated run was trained with, as the run wrote it: `reward` (eval.json copies it from the
+    checkpoint's run.json) and, from the checkpoint's config.json when it is readable, its seed and context."""
+    ident: dict[str, Any] = {"reward": ev.get("reward"), "split": ev.get("split")}
+    try:
+        conf = read_json(ev["checkpoint"], "config.json", cfg)
+    except (KeyError, OSError, ValueError):
+        return ident
+    ident["context"] = conf.get("iql", {}).get("context")
+    ident["seed"] = conf.get("train", {}).get("seed")
+    return ident
+
+
+def unique_labels(
+    evals: list[dict[str, Any]], paths: list[str], cfg: StorageConfig | None = None, with_split: bool = True
+) -> list[str]:
+    """One row label per evaluation, from what its run wrote (never from folder names): "reward (split)".
+    Runs that share it are told apart by the settings that differ between them (context, seed), read back from
+    their checkpoints; only when those agree too does the folder name decide."""
+    cfg = cfg or StorageConfig()
+    idents = [run_identity(e, cfg) for e in evals]
+    labels = [f"{i['reward']} ({i['split']})" if with_split else str(i["reward"]) for i in idents]
+    out = []
+    for label, ident, path in zip(labels, idents, paths, strict=True):
+        group = [idents[n] for n, j in enumerate(labels) if j == label]
+        if len(group) > 1:
+            differing = [k for k in ("context", "seed") if len({str(g.get(k)) for g in group}) > 1]
+            if differing:
+                label += " [" + ", ".join(f"{k} {ident.get(k)}" for k in differing) + "]"
+            else:
+                label += f" [{storage.basename(path.rsplit('/', 1)[0])}]"
+        out.append(label)
+    return out
 
 
 def comparison_table(series: dict[str, list[dict[str, Any]]]) -> str:
@@ -64,7 +91,7 @@ def main(cfg: Config) -> int:
         raise UsageError("give at least one run or eval folder: rgvlm compare RUN_OR_EVAL_DIR ... --out DIR")
     paths = [p for run in cfg.compare.runs for p in find_evals(run, cfg.storage)]
     evals = [load_eval(p, cfg.storage) for p in paths]
-    series = dict(zip(unique_labels(evals, paths), (e["by_k"] for e in evals), strict=True))
+    series = dict(zip(unique_labels(evals, paths, cfg.storage), (e["by_k"] for e in evals), strict=True))
     table = comparison_table(series)
     summary = {"title": cfg.compare.title, "evals": dict(zip(series, paths, strict=True)), "series": series}
     write_outputs(

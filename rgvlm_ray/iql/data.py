@@ -8,6 +8,7 @@ about 300 B each in symbolic mode and 19 KB each in image mode.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -35,7 +36,10 @@ log = logging.getLogger(__name__)
 GENERATOR_KEY = b"rgvlm.generator"  # written by rgvlm_ray.data.generate
 OBS_COLUMNS = {"symbolic": "symbolic", "image": "frames"}
 EPISODE_ID_RE = re.compile(r"^(seen|randomized)-p(\d+)-k\d+-\d+$")
-TRANSITION_COLUMNS = ("obs", "next_obs", "action", "reward", "done", "goal_ids", "goal_length")
+TRANSITION_COLUMNS = (
+    *("obs", "next_obs", "action", "reward", "done", "goal_ids", "goal_length"),
+    *("episode", "step", "keep"),  # for history windows: rows stay in episode order, dropped ones too
+)
 EPISODES_PER_BLOCK = 8  # small Parquet files arrive as one block; split them so decoding runs in parallel
 
 
@@ -105,6 +109,7 @@ class RewardStats:
     nulls: int
     min_return: float
     max_return: float
+    longest: int  # steps in the longest episode
 
     def scale(self, normalize: bool) -> float:
         """IQL's return normalisation (paper, MuJoCo: r * 1000 / (max_return - min_return)).
@@ -120,7 +125,7 @@ def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
     columns = ["goal", *reward_columns(reward)]
     goals: list[str] = []
     rets: list[float] = []
-    steps = nulls = 0
+    steps = nulls = longest = 0
     for shard in info.shards:
         table = fmt.read_shard(shard, cfg.storage, columns=columns)
         cols = {c: table.column(c).to_pylist() for c in reward_columns(reward)}
@@ -130,9 +135,10 @@ def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
             rets.append(float(r[keep].sum()))
             nulls += n
             steps += len(r)
+            longest = max(longest, len(r))
     if not goals:
         raise UsageError(f"--in {cfg.train.in_path}: the dataset has no episodes")
-    return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets))
+    return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets), longest)
 
 
 # --- pass 2: transitions ----------------------------------------------------------------------------------
@@ -149,6 +155,11 @@ def decode_observations(values: list[bytes], obs_mode: str) -> np.ndarray:
     return np.stack(frames)
 
 
+def episode_key(episode_id: str) -> int:
+    """A stable int64 per episode id, so windows never join rows of two episodes."""
+    return int.from_bytes(hashlib.blake2b(episode_id.encode(), digest_size=8).digest(), "little", signed=True)
+
+
 def to_transitions(
     batch: pa.Table,
     obs_mode: str,
@@ -158,11 +169,16 @@ def to_transitions(
     scale: float,
     vocab: Vocab,
 ) -> dict[str, np.ndarray]:
-    """A batch of episodes -> one row per step. Returns numpy arrays, which Ray stores as Arrow tensors."""
+    """A batch of episodes -> one row per step, in step order. Returns numpy arrays (Arrow tensors in Ray).
+
+    Rows that `null_reward=drop` leaves out are kept with keep=False: they are never sampled, but later
+    steps' history windows still see their observations and actions.
+    """
     goal_ids, _ = vocab.encode(batch.column("goal").to_pylist(), length=vocab.max_len)
     obs_col = batch.column(OBS_COLUMNS[obs_mode]).to_pylist()
     actions = batch.column("actions").to_pylist()
     terminated = batch.column("terminated").to_pylist()
+    ids = batch.column("episode_id").to_pylist()
     rcols = {c: batch.column(c).to_pylist() for c in reward_columns(reward)}
     parts: dict[str, list[np.ndarray]] = {c: [] for c in TRANSITION_COLUMNS}
     for i in range(batch.num_rows):
@@ -173,14 +189,16 @@ def to_transitions(
         r, keep, _ = episode_rewards({c: v[i] for c, v in rcols.items()}, reward, weights, null_rule)
         done = np.zeros(t, dtype=np.float32)
         done[-1] = float(bool(terminated[i]))  # truncation (time limit) is not a terminal: bootstrap
-        parts["obs"].append(obs[:-1][keep])
-        parts["next_obs"].append(obs[1:][keep])
-        parts["action"].append(np.asarray(actions[i], dtype=np.int64)[keep])
-        parts["reward"].append((r * scale).astype(np.float32)[keep])
-        parts["done"].append(done[keep])
-        n = int(keep.sum())
-        parts["goal_ids"].append(np.repeat(goal_ids[i : i + 1].astype(np.int32), n, axis=0))
-        parts["goal_length"].append(np.full(n, max(1, int((goal_ids[i] != 0).sum())), dtype=np.int32))
+        parts["obs"].append(obs[:-1])
+        parts["next_obs"].append(obs[1:])
+        parts["action"].append(np.asarray(actions[i], dtype=np.int64))
+        parts["reward"].append((r * scale).astype(np.float32))
+        parts["done"].append(done)
+        parts["goal_ids"].append(np.repeat(goal_ids[i : i + 1].astype(np.int32), t, axis=0))
+        parts["goal_length"].append(np.full(t, max(1, int((goal_ids[i] != 0).sum())), dtype=np.int32))
+        parts["episode"].append(np.full(t, episode_key(ids[i]), dtype=np.int64))
+        parts["step"].append(np.arange(t, dtype=np.int32))
+        parts["keep"].append(keep)
     if not parts["action"]:
         shape = (0, *fmt.SYMBOLIC_SHAPE) if obs_mode == "symbolic" else (0, 1, 1, 3)
         empty = {"obs": np.zeros(shape, np.uint8), "next_obs": np.zeros(shape, np.uint8)}
@@ -188,6 +206,7 @@ def to_transitions(
             action=np.zeros(0, np.int64), reward=np.zeros(0, np.float32), done=np.zeros(0, np.float32)
         )
         empty.update(goal_ids=np.zeros((0, vocab.max_len), np.int32), goal_length=np.zeros(0, np.int32))
+        empty.update(episode=np.zeros(0, np.int64), step=np.zeros(0, np.int32), keep=np.zeros(0, bool))
         return empty
     return {c: np.concatenate(v) for c, v in parts.items()}
 
@@ -209,7 +228,14 @@ def transitions(episodes: ray.data.Dataset, cfg: Config, vocab: Vocab, scale: fl
 
 
 def episode_columns(cfg: Config) -> list[str]:
-    return ["goal", "actions", "terminated", OBS_COLUMNS[cfg.iql.obs_mode], *reward_columns(cfg.train.reward)]
+    return [
+        "episode_id",
+        "goal",
+        "actions",
+        "terminated",
+        OBS_COLUMNS[cfg.iql.obs_mode],
+        *reward_columns(cfg.train.reward),
+    ]
 
 
 def load_buffer(batches: Any) -> ReplayBuffer:

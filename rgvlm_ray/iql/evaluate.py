@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -42,23 +43,44 @@ PolicyFor = Callable[[EpisodeSpec], Policy]
 
 
 def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> PolicyFor:
-    """spec -> policy(obs) -> action. Sampling is seeded per episode, so results do not depend on chunking."""
+    """spec -> policy(obs) -> action, over the same rolling window of `context` observations (and the
+    actions that led to them) as training. Sampling is seeded per episode, so results do not depend on
+    chunking."""
     image = net.spec.obs_mode == "image"
+    context = net.spec.context
 
     def policy_for(spec: EpisodeSpec) -> Policy:
         gen = torch.Generator().manual_seed(derive_seed(seed, POLICY_STREAM, spec.num_subtasks, spec.index))
         goals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        window: deque[tuple[torch.Tensor, int]] = deque(maxlen=context)
+        last_action = [0]  # 0: none yet; else action + 1, as in training windows
 
         @torch.no_grad()
         def act(view: dict) -> int:
-            if view["mission"] not in goals:
-                ids, lengths = vocab.encode([view["mission"]])
-                goals[view["mission"]] = torch.from_numpy(ids), torch.from_numpy(lengths)
-            obs = torch.from_numpy(np.ascontiguousarray(view["image" if image else "symbolic"]))[None]
-            logits = net.logits(obs, *goals[view["mission"]])[0]
+            mission = view["mission"]
+            if mission not in goals:
+                unknown = vocab.unknown_words(mission)
+                if unknown:
+                    log.warning("goal words unseen in training map to <unk>: %s", ", ".join(unknown))
+                ids, lengths = vocab.encode([mission])
+                goals[mission] = torch.from_numpy(ids), torch.from_numpy(lengths)
+            window.append(
+                (
+                    torch.from_numpy(np.ascontiguousarray(view["image" if image else "symbolic"])),
+                    last_action[0],
+                )
+            )
+            pad = context - len(window)
+            obs = torch.stack([window[0][0]] * pad + [o for o, _ in window])[None]
+            prev = torch.tensor([[0] * pad + [a for _, a in window]])
+            valid = torch.tensor([[False] * pad + [True] * len(window)])
+            logits = net.logits(obs, prev, valid, *goals[mission])[0]
             if greedy:
-                return int(logits.argmax())
-            return int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+                action = int(logits.argmax())
+            else:
+                action = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=gen))
+            last_action[0] = action + 1
+            return action
 
         return act
 
@@ -236,6 +258,8 @@ def main(cfg: Config) -> int:
         "checkpoint": checkpoint,
         "step": run.get("step"),
         "reward": run.get("reward"),
+        "seed": run.get("seed"),
+        "context": run.get("context"),
         "split": e.split,
         "label": label,
         "episodes_per_k": e.episodes_per_k,

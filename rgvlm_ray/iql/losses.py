@@ -25,7 +25,11 @@ def q_target(reward: torch.Tensor, done: torch.Tensor, next_v: torch.Tensor, dis
 
 
 def twin_q_loss(q1: torch.Tensor, q2: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Both Q heads regress the same target (CORL: the mean of the two MSEs)."""
+    """Both Q heads regress the same target (CORL: the mean of the two MSEs).
+
+    Deviation from TorchRL's DiscreteIQLLoss, which sums them: with one shared encoder and one optimizer,
+    the mean gives Q half TorchRL's weight against V and pi on the encoder (docs/iql.md).
+    """
     return 0.5 * (F.mse_loss(q1, target) + F.mse_loss(q2, target))
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -19,7 +18,7 @@ from rgvlm_ray.data.env import NUM_ACTIONS
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql import checkpoint as ckpt
 from rgvlm_ray.iql import data
-from rgvlm_ray.iql.model import GOAL_ENCODERS, OBS_MODES, IQLNet, ModelSpec
+from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.rewards import NULL_RULES, check_weights, reward_columns
 from rgvlm_ray.iql.update import iql_update, make_optimizer, metrics_dict
 from rgvlm_ray.iql.vocab import Vocab
@@ -29,7 +28,19 @@ log = logging.getLogger(__name__)
 
 def model_spec(cfg: Config, vocab: Vocab) -> ModelSpec:
     i = cfg.iql
-    return ModelSpec(i.obs_mode, len(vocab), NUM_ACTIONS, i.hidden, i.embed_dim, i.goal_encoder)
+    return ModelSpec(
+        *(i.obs_mode, len(vocab), NUM_ACTIONS, i.hidden, i.embed_dim, i.goal_encoder),
+        *(i.context, i.history, i.token_dim, vocab.clause_separator()),
+    )
+
+
+def log_line(metrics: dict[str, float]) -> str:
+    """One concise line per report (the full dict goes to Ray Train's result and the checkpoint)."""
+    return (
+        f"step {int(metrics['step'])}: q {metrics['q_loss']:.4f}  v {metrics['v_loss']:.4f}  "
+        f"pi {metrics['policy_loss']:.4f}  adv {metrics['adv_mean']:+.3f}±{metrics['adv_std']:.3f}  "
+        f"{metrics['updates_per_s']:.1f} upd/s  {metrics['samples_per_s']:,.0f} samples/s"
+    )
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -54,8 +65,9 @@ def train_loop(config: dict[str, Any]) -> None:
     if device.type != "cpu":
         buffer = type(buffer)(**{k: v.to(device) for k, v in vars(buffer).items()})
 
-    net = IQLNet(model_spec(cfg, vocab)).to(device)
-    target = copy.deepcopy(net).requires_grad_(False)
+    spec = model_spec(cfg, vocab)
+    net = IQLNet(spec).to(device)
+    target = target_heads(net).to(device)
     optimizer, scheduler = make_optimizer(net, cfg.iql, cfg.train.steps)
     start = 0
     resumed = ray.train.get_checkpoint()
@@ -78,7 +90,13 @@ def train_loop(config: dict[str, Any]) -> None:
     tick, done_since = time.perf_counter(), 0
     for step in range(start + 1, cfg.train.steps + 1):
         values = iql_update(
-            model, net, target, optimizer, scheduler, buffer.sample(cfg.iql.batch_size, generator), cfg.iql
+            model,
+            net,
+            target,
+            optimizer,
+            scheduler,
+            buffer.sample(cfg.iql.batch_size, spec.context, generator),
+            cfg.iql,
         )
         done_since += 1
         save = step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
@@ -89,7 +107,7 @@ def train_loop(config: dict[str, Any]) -> None:
         metrics["samples_per_s"] = metrics["updates_per_s"] * cfg.iql.batch_size * ctx.get_world_size()
         metrics["lr_actor"] = scheduler.get_last_lr()[1]
         if rank == 0:
-            log.info("step %d %s", step, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+            log.info("%s", log_line(metrics))
         # Every worker reports at the same steps: report() is a barrier in Train V2.
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
@@ -140,10 +158,24 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"iql.obs_mode must be one of {OBS_MODES}, got {i.obs_mode!r}")
     if i.goal_encoder not in GOAL_ENCODERS:
         raise UsageError(f"iql.goal_encoder must be one of {GOAL_ENCODERS}, got {i.goal_encoder!r}")
+    if i.history not in HISTORIES:
+        raise UsageError(f"iql.history must be one of {HISTORIES}, got {i.history!r}")
+    if i.context < 1:
+        raise UsageError(f"iql.context must be >= 1 (1: memoryless), got {i.context}")
     if i.null_reward not in NULL_RULES:
         raise UsageError(f"iql.null_reward must be one of {NULL_RULES}, got {i.null_reward!r}")
     if t.workers < 1 or t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
         raise UsageError("--workers, --steps, train.checkpoint_every and train.log_every must be positive")
+
+
+def check_context(context: int, longest: int, in_path: str) -> None:
+    """Windows reaching before an episode's start are padded (masked); a window longer than every episode is
+    mostly padding and trains nothing that context <= the longest episode would not."""
+    if context > longest + 1:
+        raise UsageError(
+            f"iql.context={context} is longer than any episode in {in_path} (the longest has {longest} "
+            f"steps, so {longest + 1} observations): set iql.context <= {longest + 1}"
+        )
 
 
 def main(cfg: Config) -> int:
@@ -176,6 +208,7 @@ def main(cfg: Config) -> int:
         log.info("resuming from %s (step %s)", previous, run.get("step"))
 
     stats = data.reward_stats(info, cfg)
+    check_context(cfg.iql.context, stats.longest, t.in_path)
     vocab = vocab or Vocab.build(stats.goals, cfg.iql.max_vocab)
     scale = stats.scale(cfg.iql.normalize_reward)
     log.info(
@@ -191,6 +224,8 @@ def main(cfg: Config) -> int:
     storage_path, fs, name = run_location(t.out_path, cfg)
     run_meta = {
         "reward": t.reward,
+        "seed": t.seed,
+        "context": cfg.iql.context,
         "reward_scale": scale,
         "null_reward": cfg.iql.null_reward,
         "in_path": t.in_path,

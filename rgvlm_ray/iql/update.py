@@ -4,7 +4,6 @@ the step can be benchmarked on a machine that has only torch (bench/iql.py).
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass, fields
 
@@ -21,7 +20,7 @@ from rgvlm_ray.iql.losses import (
     q_target,
     twin_q_loss,
 )
-from rgvlm_ray.iql.model import IQLNet
+from rgvlm_ray.iql.model import IQLNet, target_heads
 
 METRICS = (
     "q_loss",
@@ -39,8 +38,11 @@ METRICS = (
 
 @dataclass
 class Batch:
-    obs: torch.Tensor  # (B, 7, 7, 3) or (B, 56, 56, 3) uint8
-    next_obs: torch.Tensor
+    """B windows of C + 1 positions: the last C observations up to s, then s' (docs/iql.md, "History")."""
+
+    obs: torch.Tensor  # (B, C+1, 7, 7, 3) or (B, C+1, 56, 56, 3) uint8
+    prev_action: torch.Tensor  # (B, C+1) int64: the action that led to each observation + 1; 0 = none
+    valid: torch.Tensor  # (B, C+1) bool: False before the episode's first observation (padding)
     action: torch.Tensor  # (B,) int64
     reward: torch.Tensor  # (B,) float32
     done: torch.Tensor  # (B,) float32: 1 only for true terminals
@@ -54,25 +56,30 @@ class Batch:
 
 @dataclass
 class ReplayBuffer:
-    """All of one worker's transitions in memory, goals stored once (CORL's ReplayBuffer, plus goals)."""
+    """All of one worker's transitions in memory, in episode order, goals stored once (CORL's ReplayBuffer,
+    plus goals and windows). Rows of one episode are contiguous and in step order, so the window ending at
+    row i is rows i-C+1..i, cut where `history` says its episode's rows begin (its first step, or where a
+    data shard split the episode)."""
 
     obs: torch.Tensor
     next_obs: torch.Tensor
     action: torch.Tensor
     reward: torch.Tensor
     done: torch.Tensor
+    history: torch.Tensor  # (N,) rows of the same episode directly before this one, in this buffer
+    keep: torch.Tensor  # (N,) indices of the rows that are sampled (null_reward=drop leaves some out)
     goal_row: torch.Tensor  # (N,) index into goal_ids
     goal_ids: torch.Tensor  # (G, L)
     goal_lengths: torch.Tensor  # (G,)
 
     def __len__(self) -> int:
-        return int(self.action.shape[0])
+        return int(self.keep.shape[0])
 
     @classmethod
     def from_numpy(cls, cols: dict[str, np.ndarray]) -> ReplayBuffer:
-        """From flat transition columns (obs, next_obs, action, reward, done, goal_ids), as
-        rgvlm_ray.iql.data.to_transitions produces them."""
-        if len(cols["action"]) == 0:
+        """From flat transition columns in episode order, as rgvlm_ray.iql.data.to_transitions produces them."""
+        keep = np.flatnonzero(cols["keep"]) if "keep" in cols else np.arange(len(cols["action"]))
+        if len(keep) == 0:
             raise ValueError("no transitions to train on")
         ids = torch.from_numpy(np.ascontiguousarray(cols["goal_ids"])).long()
         goal_ids, goal_row = torch.unique(ids, dim=0, return_inverse=True)
@@ -84,18 +91,35 @@ class ReplayBuffer:
             action=t("action", torch.long),
             reward=t("reward", torch.float32),
             done=t("done", torch.float32),
+            history=torch.from_numpy(history_lengths(cols["episode"], cols["step"])),
+            keep=torch.from_numpy(keep).long(),
             goal_row=goal_row,
             goal_ids=goal_ids,
             goal_lengths=lengths,
         )
 
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Batch:
-        """Uniform with replacement, as CORL; each distinct goal in the batch appears once in goal_ids."""
-        idx = torch.randint(len(self), (batch_size,), generator=generator, device=self.action.device)
+    def window(self, idx: torch.Tensor, context: int) -> tuple[torch.Tensor, ...]:
+        """(obs, prev_action, valid) of the C + 1 positions ending at s' for the rows `idx`."""
+        back = torch.arange(context - 1, -1, -1, device=idx.device)  # C-1 .. 0 steps before s
+        valid = self.history[idx, None] >= back  # (B, C): inside the episode
+        rows = (idx[:, None] - back).clamp(min=0)
+        first = self.history[rows] == 0
+        prev = torch.where(first, 0, self.action[(rows - 1).clamp(min=0)] + 1) * valid
+        obs = torch.cat([self.obs[rows], self.next_obs[idx, None]], 1)
+        prev = torch.cat([prev, self.action[idx, None] + 1], 1)
+        valid = torch.cat([valid, torch.ones_like(valid[:, :1])], 1)
+        return obs, prev, valid
+
+    def sample(self, batch_size: int, context: int, generator: torch.Generator | None = None) -> Batch:
+        """Uniform with replacement over kept rows, as CORL; each distinct goal appears once in goal_ids."""
+        pick = torch.randint(len(self), (batch_size,), generator=generator, device=self.keep.device)
+        idx = self.keep[pick]
         rows, goal_index = torch.unique(self.goal_row[idx], return_inverse=True)
+        obs, prev, valid = self.window(idx, context)
         return Batch(
-            obs=self.obs[idx],
-            next_obs=self.next_obs[idx],
+            obs=obs,
+            prev_action=prev,
+            valid=valid,
             action=self.action[idx],
             reward=self.reward[idx],
             done=self.done[idx],
@@ -103,6 +127,17 @@ class ReplayBuffer:
             goal_lengths=self.goal_lengths[rows],
             goal_index=goal_index,
         )
+
+
+def history_lengths(episode: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """For each row, how many rows directly before it continue the same episode step by step."""
+    episode, step = np.asarray(episode), np.asarray(step, dtype=np.int64)
+    cont = np.zeros(len(step), dtype=bool)
+    cont[1:] = (episode[1:] == episode[:-1]) & (step[1:] == step[:-1] + 1)
+    # Length of the run of True ending at each row: index minus the index of the last break.
+    idx = np.arange(len(step))
+    last_break = np.maximum.accumulate(np.where(cont, 0, idx))
+    return (idx - last_break).astype(np.int64)
 
 
 def make_optimizer(
@@ -126,16 +161,15 @@ def make_optimizer(
     return optimizer, scheduler
 
 
-def q_side(net: IQLNet) -> list[torch.Tensor]:
-    """The parameters Q(s, g, .) depends on: what the target network keeps a Polyak copy of."""
-    modules = (net.goal_encoder, net.obs_encoder, net.trunk, net.q1, net.q2)
-    return [p for m in modules for p in m.parameters()]
+def q_heads(net: IQLNet) -> list[torch.Tensor]:
+    """The online parameters the target keeps a Polyak copy of (see model.target_heads)."""
+    return [*net.q1.parameters(), *net.q2.parameters()]
 
 
 def iql_update(
     model: nn.Module,
     net: IQLNet,
-    target: IQLNet,
+    target: nn.ModuleDict,
     optimizer: torch.optim.Optimizer,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None,
     batch: Batch,
@@ -143,24 +177,25 @@ def iql_update(
 ) -> torch.Tensor:
     """One fused IQL step; returns the METRICS as one tensor (no host sync until someone reads it).
 
-    `model` is what to call forward on (DDP-wrapped or compiled `net`, or `net` itself). Per step: one online
-    encoder pass on s (with autograd), one on s' (without), one target pass on s, and a single backward.
+    `model` is what to call forward on (DDP-wrapped or compiled `net`, or `net` itself). Per step: one
+    encoder pass over the C + 1 positions (windows ending at s and s', with autograd), the target Q heads on
+    its detached features, and a single backward.
     Deviation from the paper's code (ikostrikov/implicit_q_learning) and CORL, which update V first and use
     the new V in the advantage and the Q target: here all three losses come from one forward pass and are
     summed, so both use V from before this step's update.
     """
     a = batch.action
-    q1, q2, v, logits, v_next = model(
+    z, q1, q2, v, logits, v_next = model(
         batch.obs,
-        batch.next_obs,
+        batch.prev_action,
+        batch.valid,
         batch.goal_ids,
         batch.goal_lengths,
         batch.goal_index,
         cfg.actor_trains_encoder,
     )
     with torch.no_grad():
-        t1, t2 = target.q_values(batch.obs, batch.goal_ids, batch.goal_lengths, batch.goal_index)
-        target_q = torch.minimum(t1, t2).gather(1, a[:, None]).squeeze(1)
+        target_q = torch.minimum(target["q1"](z), target["q2"](z)).gather(1, a[:, None]).squeeze(1)
     adv = target_q - v
     v_loss = expectile_loss(adv, cfg.expectile)
     q1_a = q1.gather(1, a[:, None]).squeeze(1)
@@ -174,7 +209,7 @@ def iql_update(
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
-    polyak_update(q_side(target), q_side(net), cfg.tau)
+    polyak_update(list(target.parameters()), q_heads(net), cfg.tau)
     with torch.no_grad():
         weights = advantage_weights(adv, cfg.beta, cfg.exp_adv_max)
         return torch.stack(
@@ -201,12 +236,11 @@ def fit(
     buffer: ReplayBuffer, net: IQLNet, cfg: IQLConfig, steps: int, seed: int = 0
 ) -> tuple[IQLNet, dict[str, float]]:
     """Train in this process, without Ray: for tests, notebooks and the benchmark's sanity checks."""
-    target = copy.deepcopy(net).requires_grad_(False)
+    target = target_heads(net)
     optimizer, scheduler = make_optimizer(net, cfg, steps)
     generator = torch.Generator().manual_seed(seed)
     values = torch.zeros(len(METRICS))
     for _ in range(steps):
-        values = iql_update(
-            net, net, target, optimizer, scheduler, buffer.sample(cfg.batch_size, generator), cfg
-        )
+        batch = buffer.sample(cfg.batch_size, net.spec.context, generator)
+        values = iql_update(net, net, target, optimizer, scheduler, batch, cfg)
     return net.eval(), metrics_dict(values)

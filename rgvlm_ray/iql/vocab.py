@@ -56,6 +56,14 @@ class Vocab:
             lengths[i] = len(row)
         return out, lengths
 
+    def unknown_words(self, text: str) -> list[str]:
+        known = set(self.tokens)
+        return sorted({w for w in tokenize(text) if w not in known})
+
+    def clause_separator(self) -> int:
+        """The id of "," (it separates a chained goal's sub-tasks), or -1 if no goal had one."""
+        return self.tokens.index(",") if "," in self.tokens else -1
+
     def to_json(self) -> str:
         return json.dumps({"tokens": list(self.tokens), "max_len": self.max_len})
 

@@ -105,7 +105,11 @@ def main(cfg: Config) -> int:
 
     require(cfg, "label_episode.in_path")
     row = find_episode(cfg.label_episode.in_path, cfg.label_episode.episode, cfg.storage)
-    if cfg.labeler.view == "frames_full" and row.get("frames_full") is None and cfg.engine.kind != "oracle":
+    if (
+        cfg.labeler.view == "frames_full"
+        and row.get("frames_full") is None
+        and cfg.engine.kind not in ("oracle", "noisy_oracle")
+    ):
         raise UsageError(
             "labeler.view=frames_full but this dataset has no frames_full column: generate it with "
             "env.full_view=true, or use labeler.view=frames"

@@ -1,8 +1,9 @@
 """The labeler interface the distributed job calls: `build_labeler(engine_cfg, labeler_cfg).label_rows(rows)`.
 
 `engine.kind` picks the labeler: hf | vllm | openai -> `rgvlm` (an LVLM judge), clip -> `clip`,
-oracle -> `oracle`. Every labeler returns, per episode row, the columns of format.LABEL_FIELDS under its
-own prefix, and never raises for one bad episode: it gets episode_status="error" and null scores instead.
+oracle -> `oracle`, noisy_oracle -> `noisyNN` (the oracle with NN% of its steps shuffled). Every labeler
+returns, per episode row, the columns of format.LABEL_FIELDS under its own prefix, and never raises for one
+bad episode: it gets episode_status="error" and null scores instead.
 """
 
 from __future__ import annotations
@@ -10,17 +11,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import oracle, prompts, rgvlm, windows
+from rgvlm_ray.labeling import noisy_oracle, oracle, prompts, rgvlm, windows
 from rgvlm_ray.labeling.columns import error_columns, num_actions
 from rgvlm_ray.labeling.engines import LVLM_ENGINES, Engine, make_engine
 
 log = logging.getLogger(__name__)
-KINDS = (*LVLM_ENGINES, "clip", "oracle")
+KINDS = (*LVLM_ENGINES, "clip", "oracle", noisy_oracle.KIND)
 # Small files that identify a local checkpoint; weights are identified by name and size (hashing a 15 GB
 # checkpoint would make the fingerprint expensive).
 IDENTITY_FILES = (
@@ -32,7 +35,7 @@ IDENTITY_FILES = (
 
 
 class Labeler(Protocol):
-    name: str  # rgvlm | clip | oracle
+    name: str  # rgvlm | clip | oracle | noisyNN
     fingerprint: str
 
     def label_rows(self, rows: list[dict]) -> list[dict]: ...
@@ -40,11 +43,18 @@ class Labeler(Protocol):
     def close(self) -> None: ...
 
 
-def labeler_name(kind: str) -> str:
+def labeler_name(kind: str, lcfg: LabelerConfig | None = None) -> str:
+    """The column prefix `kind` writes; noisy_oracle's depends on `lcfg.oracle_noise`, so it needs `lcfg`."""
     if kind in LVLM_ENGINES:
         return rgvlm.NAME
     if kind in ("clip", "oracle"):
         return kind
+    if kind == noisy_oracle.KIND:
+        if lcfg is None:
+            raise ValueError(
+                "labeler_name('noisy_oracle') needs the LabelerConfig (its name is its noise level)"
+            )
+        return noisy_oracle.noisy_name(lcfg.oracle_noise)
     raise UsageError(f"engine.kind must be one of {KINDS}, got {kind!r}")
 
 
@@ -66,9 +76,11 @@ def model_identity(model: str, revision: str | None) -> dict:
 
 def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
     """Everything that can change a label; batch size, timeouts and concurrency are left out."""
-    name = labeler_name(ecfg.kind)
+    name = labeler_name(ecfg.kind, lcfg)
     if name == "oracle":
         return {"labeler": "oracle", "version": oracle.VERSION}
+    if ecfg.kind == noisy_oracle.KIND:
+        return noisy_oracle.spec(lcfg.oracle_noise, lcfg.oracle_noise_seed)
     common = {
         "labeler": name,
         "model": model_identity(ecfg.model, ecfg.revision),
@@ -101,8 +113,10 @@ def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
 
 def labeler_fingerprint(ecfg: EngineConfig, lcfg: LabelerConfig) -> str:
     """Changes whenever anything that can change the labels changes; loads no model."""
-    if labeler_name(ecfg.kind) == "oracle":
+    if ecfg.kind == "oracle":
         return oracle.fingerprint()
+    if ecfg.kind == noisy_oracle.KIND:
+        return noisy_oracle.fingerprint(lcfg.oracle_noise, lcfg.oracle_noise_seed)
     blob = json.dumps(fingerprint_spec(ecfg, lcfg), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -134,21 +148,23 @@ def token_free_stats(counters: dict) -> dict:
 
 
 class OracleLabeler:
-    name = oracle.NAME
+    """`oracle`, or with `label` = noisy_oracle.noisy_label bound to a level, `noisyNN`: pure functions of a row."""
 
-    def __init__(self, fingerprint: str) -> None:
-        self.fingerprint = fingerprint
+    def __init__(
+        self, fingerprint: str, name: str = oracle.NAME, label: Callable[[dict], dict] = oracle.oracle_label
+    ) -> None:
+        self.fingerprint, self.name, self.label = fingerprint, name, label
         self.counters = {"episodes": 0, "errors": 0}
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
         out = []
         for row in rows:
             try:
-                out.append(oracle.oracle_label(row))
+                out.append(self.label(row))
                 self.counters["episodes"] += 1
             except (UsageError, TypeError, ValueError) as exc:
                 self.counters["errors"] += 1
-                out.append(error_columns(oracle.NAME, num_actions(row), str(exc), self.fingerprint))
+                out.append(error_columns(self.name, num_actions(row), str(exc), self.fingerprint))
         return out
 
     def stats(self) -> dict:
@@ -159,8 +175,8 @@ class OracleLabeler:
 
 
 def check_config(ecfg: EngineConfig, lcfg: LabelerConfig) -> None:
-    name = labeler_name(ecfg.kind)
-    if name == "oracle":
+    name = labeler_name(ecfg.kind, lcfg)  # also validates labeler.oracle_noise for noisy_oracle
+    if ecfg.kind in ("oracle", noisy_oracle.KIND):
         return
     if not ecfg.model:
         raise UsageError("engine.model is empty: pass --model with a hub id or a local model directory")
@@ -181,9 +197,12 @@ def build_labeler(ecfg: EngineConfig, lcfg: LabelerConfig) -> Labeler:
     """Check the settings and load the engine once (call it in a Ray actor's __init__)."""
     check_config(ecfg, lcfg)
     fp = labeler_fingerprint(ecfg, lcfg)
-    name = labeler_name(ecfg.kind)
+    name = labeler_name(ecfg.kind, lcfg)
     if name == "oracle":
         return OracleLabeler(fp)
+    if ecfg.kind == noisy_oracle.KIND:
+        label = partial(noisy_oracle.noisy_label, p=lcfg.oracle_noise, seed=lcfg.oracle_noise_seed)
+        return OracleLabeler(fp, name, label)
     if name == "clip":
         from rgvlm_ray.labeling.clip import ClipLabeler
 

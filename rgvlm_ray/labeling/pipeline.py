@@ -369,7 +369,9 @@ def run(cfg: Config) -> dict:
     if storage.join(lc.in_path, "") == storage.join(lc.out_path, ""):
         raise UsageError("--out must differ from --in: labeled shards keep their input names")
     check_config(cfg.engine, cfg.labeler)
-    state = RunState(cfg, labeler_name(cfg.engine.kind), labeler_fingerprint(cfg.engine, cfg.labeler))
+    state = RunState(
+        cfg, labeler_name(cfg.engine.kind, cfg.labeler), labeler_fingerprint(cfg.engine, cfg.labeler)
+    )
     start = time.perf_counter()
     todo = plan(state)
     log.info(

@@ -1,0 +1,569 @@
+"""`rgvlm study`: the paper's experiment as one command on Ray (docs/study.md).
+
+1. Data: `study.in_path`, or a dataset generated into OUT/data/raw (reused when present).
+2. Labels: every labeler in `study.labelers`, as a chain: each labels the previous successful output, so the last
+   one carries every label column side by side (the labeling job keeps its input's label columns). A labeler
+   that fails is recorded and its arms are skipped; the others go on. `rgvlm label-report` statistics (Spearman
+   rho of the labels against true progress, and its shuffled baseline) come from the final dataset.
+3. Arms: `sparse`; for each labeler X that succeeded and each template of `study.modes`, the mode with X put in;
+   `oracle+sparse` at each `study.contexts` value (a history-length ablation). Each arm x seed is one Ray Train
+   run in OUT/runs/<arm>/seed<i>, evaluated on every split into OUT/eval/<arm>/seed<i>/<split>. Up to
+   `study.parallel` of them run side by side, each from a driver thread: Ray Train V2's `TorchTrainer.fit()` works
+   from threads, and threads cost nothing while they wait. After training, each run's checkpoint is read back
+   and the study stops with an error naming the run if its reward, seed or context is not its arm's.
+4. study.md, plots and study.json (study_report.py).
+
+A rerun on the same OUT reuses everything finished: data, labels the manifests say are current, runs whose latest
+checkpoint reached `train.steps` (not retrained) and evaluations of that very checkpoint step (not recomputed).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import json
+import logging
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, EngineConfig, LabelerConfig, redacted
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.workspace import NOISE_WARNING, Stage, Workspace, has_shards, tiny_model
+
+log = logging.getLogger(__name__)
+TEMPLATE = "X"  # the labeler placeholder in study.modes
+ABLATION_TEMPLATE = "X+sparse"
+ABLATION_MODE = "oracle+sparse"  # the arm the context ablation varies
+FIXED_LABELERS = ("oracle", "clip", "rgvlm")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@dataclass(frozen=True)
+class Arm:
+    name: str  # folder under runs/ and eval/: filesystem-safe, e.g. oracle_sparse, oracle_sparse-ctx1
+    reward: str  # train.reward
+    context: int  # iql.context
+    labeler: str | None = None  # the labeler X whose labels the reward reads; None for sparse
+    template: str = "sparse"  # the study.modes entry it came from (X, X+sparse, ...)
+    ablation: bool = False  # a context-ablation arm
+
+
+def arm_name(reward: str, context: int, default_context: int) -> str:
+    name = reward.replace("+", "_")
+    return name if context == default_context else f"{name}-ctx{context}"
+
+
+def substitute(template: str, labeler: str) -> str:
+    """Put a labeler into a mode template: ("X+sparse", "noisy30") -> "noisy30+sparse"."""
+    return "+".join(labeler if term == TEMPLATE else term for term in template.split("+"))
+
+
+def plan_arms(labelers: list[str], modes: list[str], contexts: list[int], default_context: int) -> list[Arm]:
+    """Every arm for the labelers that succeeded, in report order: sparse, per labeler its modes, the ablation."""
+    d = default_context
+    arms = [Arm("sparse", "sparse", d)]
+    for x in labelers:
+        arms += [Arm(arm_name(substitute(t, x), d, d), substitute(t, x), d, x, t) for t in modes]
+    if "oracle" in labelers:
+        for c in contexts:
+            if c != d:
+                name = arm_name(ABLATION_MODE, c, d)
+                arms.append(Arm(name, ABLATION_MODE, c, "oracle", ABLATION_TEMPLATE, ablation=True))
+    unique: dict[str, Arm] = {}
+    for arm in arms:
+        unique.setdefault(arm.name, arm)
+    return list(unique.values())
+
+
+# --- checks ----------------------------------------------------------------------------------------------------
+
+
+def validate(cfg: Config) -> None:
+    from rgvlm_ray.cli import require
+    from rgvlm_ray.iql.rewards import reward_terms
+    from rgvlm_ray.labeling.engines import LVLM_ENGINES
+
+    require(cfg, "study.out")
+    s = cfg.study
+    for name in s.labelers:
+        if name not in FIXED_LABELERS and fmt.noisy_percent(name) is None:
+            raise UsageError(
+                f"study.labelers: unknown labeler {name!r}; use oracle, clip, rgvlm or noisyNN (e.g. noisy30)"
+            )
+    if len(set(s.labelers)) != len(s.labelers):
+        raise UsageError(f"study.labelers lists a labeler twice: {s.labelers}")
+    for template in s.modes:
+        if TEMPLATE not in template.split("+"):
+            raise UsageError(f"study.modes: {template!r} has no {TEMPLATE} term (e.g. X or X+sparse)")
+        reward_terms(substitute(template, "oracle"))  # UsageError for a malformed mode
+    if "rgvlm" in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
+        raise UsageError(f"labeler rgvlm needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
+    if s.seeds < 1 or s.parallel < 1:
+        raise UsageError("--seeds and study.parallel must be at least 1")
+    if not s.splits or any(split not in fmt.SPLITS for split in s.splits):
+        raise UsageError(f"study.splits must be a non-empty list of {fmt.SPLITS}, got {s.splits}")
+    if any(c < 1 for c in s.contexts) or cfg.iql.context < 1:
+        raise UsageError(
+            f"study.contexts and iql.context must be positive, got {s.contexts} / {cfg.iql.context}"
+        )
+
+
+def cpus_per_worker(cfg: Config) -> float:
+    """train.cpus_per_worker, or a share that leaves one CPU for Ray Data while `study.parallel` runs train
+    side by side (the 2-core deadlock trap: workers holding every CPU wait forever for data no task can read)."""
+    from rgvlm_ray.ray_utils import cluster_cpus
+
+    total, busy = cluster_cpus(), cfg.study.parallel * cfg.train.workers
+    cpus = cfg.train.cpus_per_worker
+    if cpus is None:
+        cpus = round(min(1.0, max(0.1, (total - 1.0) / busy)), 2)
+    elif not cfg.train.use_gpu and busy * cpus > total - 1.0:
+        log.warning(
+            "study.parallel x train.workers x train.cpus_per_worker = %d x %d x %g CPUs leaves no CPU of %g "
+            "for Ray Data: trainings may wait for each other, or deadlock on a small machine",
+            cfg.study.parallel, cfg.train.workers, cpus, total,
+        )  # fmt: skip
+    return float(cpus)
+
+
+# --- stages ------------------------------------------------------------------------------------------------------
+
+
+def raw_data(ws: Workspace) -> str:
+    from rgvlm_ray.data import generate as gen
+
+    cfg = ws.cfg
+    if cfg.study.in_path:
+        return cfg.study.in_path
+    raw = ws.path("data", "raw")
+    if has_shards(raw, cfg):
+        print(f"reusing {raw}")
+        return raw
+    ws.timed(
+        "generate",
+        "transitions",
+        lambda: gen.run(replace(cfg, generate=replace(cfg.generate, out=raw)))["transitions"],
+    )
+    return raw
+
+
+def models(ws: Workspace) -> None:
+    """Tiny random stand-ins for the models a listed labeler needs and the config leaves empty (noise)."""
+    from rgvlm_ray.labeling.tiny_vlm import build_clip, build_qwen2_vl
+
+    cfg = ws.cfg
+    if "rgvlm" in cfg.study.labelers and not cfg.engine.model:
+        ws.tiny_vlm = True
+        cfg.engine.model = tiny_model(ws, "tiny-qwen2-vl", build_qwen2_vl)
+    if "clip" in cfg.study.labelers and not cfg.study.clip_model:
+        ws.tiny_clip = True
+        cfg.study.clip_model = tiny_model(ws, "tiny-clip", build_clip)
+
+
+def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfig]:
+    """(engine, labeler) settings that write `name`'s columns."""
+    percent = fmt.noisy_percent(name)
+    if percent is not None:
+        return replace(cfg.engine, kind="noisy_oracle", model=""), replace(
+            cfg.labeler, oracle_noise=percent / 100
+        )
+    if name == "oracle":
+        return replace(cfg.engine, kind="oracle", model=""), cfg.labeler
+    if name == "clip":
+        return replace(cfg.engine, kind="clip", model=cfg.study.clip_model), cfg.labeler
+    return cfg.engine, cfg.labeler  # rgvlm: the configured LVLM engine
+
+
+def label_one(ws: Workspace, name: str, in_path: str, out_path: str) -> dict[str, Any]:
+    from rgvlm_ray.labeling import pipeline
+
+    cfg = ws.cfg
+    engine, labeler = labeler_settings(cfg, name)
+    label = replace(cfg.label, in_path=in_path, out_path=out_path)
+    if engine.kind in ("oracle", "noisy_oracle"):  # computed from the data: no GPU to hold
+        label = replace(label, num_gpus_per_actor=0.0)
+    summary = pipeline.run(replace(cfg, engine=engine, labeler=labeler, label=label))
+    code = pipeline.exit_code(summary, cfg.label.allow_quarantine)
+    if code != 0:
+        raise RuntimeError(f"the labeling job exited {code}: see {storage.join(out_path, 'summary.json')}")
+    if summary["labeler"] != name:
+        raise RuntimeError(f"the labeling job wrote {summary['labeler']!r} columns, not {name!r}")
+    return summary
+
+
+def error_summary(exc: BaseException, limit: int = 400) -> str:
+    """One line for a report: the exception's type and first line, and the root cause (a Ray error carries the
+    remote traceback, whose last line is the original exception), without terminal colour codes."""
+    lines = [ln.strip() for ln in ANSI.sub("", str(exc)).splitlines() if ln.strip()]
+    text = f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    if len(lines) > 1:
+        text += f" ... {lines[-1]}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def label_chain(ws: Workspace, raw: str) -> tuple[dict[str, dict[str, Any]], str]:
+    """Label with every labeler, each from the last successful output. Returns (outcome per labeler, the final
+    dataset). A failure is recorded, not raised: the chain goes on from the previous dataset."""
+    outcome: dict[str, dict[str, Any]] = {}
+    current = raw
+    for name in ws.cfg.study.labelers:
+        out = ws.path("data", f"labeled-{name}")
+        start = time.perf_counter()
+        print(f"\n=== label ({name}) from {current} ===", flush=True)
+        try:
+            summary = label_one(ws, name, current, out)
+        except Exception as exc:  # one broken labeler must not sink the study: its arms are skipped
+            log.exception("labeling with %s failed; its arms are skipped", name)
+            outcome[name] = {
+                "status": "failed",
+                "error": error_summary(exc),
+                "in": current,
+                "out": out,
+                "seconds": round(time.perf_counter() - start, 1),
+            }
+            continue
+        seconds = time.perf_counter() - start
+        ws.stages.append(Stage(f"label ({name})", seconds, summary["transitions"], "transitions"))
+        outcome[name] = {
+            "status": "ok",
+            "in": current,
+            "out": out,
+            "seconds": round(seconds, 1),
+            "transitions": summary["transitions"],
+            "shards_labeled": summary["shards"]["labeled"],
+            "shards_current": summary["shards"]["skipped_current"],
+        }
+        current = out
+    return outcome, current
+
+
+def label_quality(ws: Workspace, labeled: str, names: list[str]) -> dict[str, Any]:
+    """Per labeler: Spearman rho of cumulative labels vs. true progress (mean over k) and the shuffled baseline."""
+    from rgvlm_ray.labeling import report as label_report
+
+    if not names:
+        return {"reports": [], "by_labeler": {}}
+    try:
+        reports, _, _ = label_report.build(labeled, ws.cfg.storage)
+    except UsageError as exc:
+        return {"error": str(exc), "reports": [], "by_labeler": {}}
+    reports = [r for r in reports if r["labeler"] in names]
+    by_labeler = {}
+    for r in reports:
+        shuffled = [
+            row["spearman_shuffled_mean"] for row in r["by_k"] if row["spearman_shuffled_mean"] is not None
+        ]
+        by_labeler[r["labeler"]] = {
+            "spearman": r["spearman_mean_over_k"],
+            "spearman_shuffled": round(sum(shuffled) / len(shuffled), 4) if shuffled else None,
+        }
+    return {"reports": reports, "by_labeler": by_labeler}
+
+
+# --- runs ----------------------------------------------------------------------------------------------------------
+
+
+def run_dir(ws: Workspace, arm: Arm, seed: int) -> str:
+    return ws.path("runs", arm.name, f"seed{seed}")
+
+
+def eval_dir(ws: Workspace, arm: Arm, seed: int, split: str) -> str:
+    return ws.path("eval", arm.name, f"seed{seed}", split)
+
+
+def run_config(ws: Workspace, arm: Arm, seed: int, in_path: str, cpus: float) -> Config:
+    cfg = ws.cfg
+    train = replace(
+        cfg.train,
+        in_path=in_path,
+        out_path=run_dir(ws, arm, seed),
+        reward=arm.reward,
+        seed=seed,
+        cpus_per_worker=cpus,
+    )
+    return replace(cfg, train=train, iql=replace(cfg.iql, context=arm.context))
+
+
+def read_back(checkpoint: str, cfg: Config) -> dict[str, Any]:
+    """What a checkpoint says its run was trained with, from every file that records it: run.json (reward, step,
+    seed, context), config.json (train.seed, iql.context) and spec.json (the context of the network built).
+    A field a checkpoint does not record is None (older checkpoints have no context)."""
+    from rgvlm_ray.iql.checkpoint import read_json
+
+    run = read_json(checkpoint, "run.json", cfg.storage)
+    try:
+        conf = read_json(checkpoint, "config.json", cfg.storage)
+    except FileNotFoundError:
+        conf = {}
+    spec = read_json(checkpoint, "spec.json", cfg.storage)
+    return {
+        "checkpoint": checkpoint,
+        "reward": run.get("reward"),
+        "step": run.get("step"),
+        "seed": run.get("seed"),
+        "context": run.get("context"),
+        "config_seed": conf.get("train", {}).get("seed"),
+        "config_context": conf.get("iql", {}).get("context"),
+        "spec_context": spec.get("context"),
+    }
+
+
+def check_treatment(back: dict[str, Any], arm: Arm, seed: int, where: str) -> None:
+    """Fail loudly when a run did not get its arm's reward, seed or context (a field a checkpoint does not
+    record is skipped, but some record of the seed must exist)."""
+    problems = []
+    if back["reward"] != arm.reward:
+        problems.append(f"reward {back['reward']!r}, expected {arm.reward!r}")
+    seeds = {k: back[k] for k in ("seed", "config_seed") if back[k] is not None}
+    if not seeds:
+        problems.append("no seed recorded in run.json or config.json")
+    problems += [f"{k} {v!r}, expected {seed}" for k, v in seeds.items() if v != seed]
+    for key in ("context", "config_context", "spec_context"):
+        if back[key] is not None and back[key] != arm.context:
+            problems.append(f"{key} {back[key]!r}, expected {arm.context}")
+    if problems:
+        raise RuntimeError(
+            f"run {where} (arm {arm.name}, seed {seed}) was not trained as its arm: " + "; ".join(problems)
+        )
+
+
+def finished_step(run: str, cfg: Config) -> int | None:
+    """The latest checkpoint's step when it has reached train.steps (the run is done), else None."""
+    from rgvlm_ray.iql.checkpoint import latest_checkpoint, read_json
+
+    latest = latest_checkpoint(run, cfg.storage)
+    if latest is None:
+        return None
+    step = int(read_json(latest, "run.json", cfg.storage).get("step", 0))
+    return step if step >= cfg.train.steps else None
+
+
+def reusable_eval(out: str, step: int, cfg: Config, split: str) -> dict[str, Any] | None:
+    """eval.json in `out` when it evaluated this checkpoint step the way this study would."""
+    fs, p = storage.get_fs(storage.join(out, "eval.json"), cfg.storage)
+    if not fs.exists(p):
+        return None
+    with fs.open(p, "rb") as f:
+        ev = json.load(f)
+    same = (
+        ev.get("step") == step
+        and ev.get("split") == split
+        and ev.get("episodes_per_k") == cfg.eval.episodes_per_k
+        and ev.get("greedy") == cfg.eval.greedy
+    )
+    return ev if same else None
+
+
+class Clock:
+    """Seconds since the arms stage began, and how many trainings run at once (to show they overlap)."""
+
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+        self.training = 0
+        self.max_training = 0
+
+    def now(self) -> float:
+        return round(time.perf_counter() - self.t0, 2)
+
+    def enter(self) -> None:
+        with self.lock:
+            self.training += 1
+            self.max_training = max(self.max_training, self.training)
+
+    def leave(self) -> None:
+        with self.lock:
+            self.training -= 1
+
+
+def run_arm_seed(
+    ws: Workspace, arm: Arm, seed: int, in_path: str, cpus: float, clock: Clock
+) -> dict[str, Any]:
+    """Train (unless finished), read the checkpoint back, and evaluate on every split (unless done)."""
+    from rgvlm_ray.iql import evaluate, trainer
+    from rgvlm_ray.iql.checkpoint import latest_checkpoint
+
+    cfg = run_config(ws, arm, seed, in_path, cpus)
+    run = cfg.train.out_path
+    record: dict[str, Any] = {"arm": arm.name, "seed": seed, "run": run, "start_s": clock.now()}
+    if finished_step(run, cfg) is not None:
+        record["train_reused"] = True
+    else:
+        record["train_reused"] = False
+        record["train_start_s"] = clock.now()
+        clock.enter()
+        try:
+            code = trainer.main(cfg)
+        finally:
+            clock.leave()
+        record["train_end_s"] = clock.now()
+        if code != 0:
+            raise RuntimeError(f"training {run} exited {code}")
+    checkpoint = latest_checkpoint(run, cfg.storage)
+    if checkpoint is None:
+        raise RuntimeError(f"training {run} wrote no checkpoint")
+    back = read_back(checkpoint, cfg)
+    check_treatment(back, arm, seed, run)
+    record["read_back"] = back
+    record["evals"] = {}
+    for split in cfg.study.splits:
+        out = eval_dir(ws, arm, seed, split)
+        ev = reusable_eval(out, back["step"], cfg, split)
+        reused, start = ev is not None, time.perf_counter()
+        if ev is None:
+            e = replace(cfg.eval, checkpoint=checkpoint, out=out, split=split)
+            code = evaluate.main(replace(cfg, eval=e))
+            if code != 0:
+                raise RuntimeError(f"evaluating {checkpoint} on {split} exited {code}")
+            ev = reusable_eval(out, back["step"], cfg, split)
+            if ev is None:
+                raise RuntimeError(f"evaluating {checkpoint} on {split} left no matching eval.json in {out}")
+        if ev.get("reward") != arm.reward:  # eval.json copies the reward from the checkpoint it evaluated
+            raise RuntimeError(f"{out}/eval.json is for reward {ev.get('reward')!r}, expected {arm.reward!r}")
+        record["evals"][split] = {
+            "path": out,
+            "reused": reused,
+            "seconds": None if reused else round(time.perf_counter() - start, 1),
+            "step": ev["step"],
+            "reward": ev["reward"],
+            "episodes_per_k": ev["episodes_per_k"],
+            "success_rate": ev["success_rate"],
+            "subtask_completion": ev["subtask_completion"],
+            "by_k": ev["by_k"],
+        }
+    record["end_s"] = clock.now()
+    return record
+
+
+def run_arms(ws: Workspace, arms: list[Arm], in_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every arm x seed, `study.parallel` at a time. Raises after all have finished if any failed."""
+    cpus = cpus_per_worker(ws.cfg)
+    clock = Clock()
+    jobs = [(arm, seed) for seed in range(ws.cfg.study.seeds) for arm in arms]
+    print(
+        f"\n=== {len(jobs)} runs ({len(arms)} arms x {ws.cfg.study.seeds} seeds), {ws.cfg.study.parallel} at a "
+        f"time, {cpus:g} CPU per train worker ===",
+        flush=True,
+    )
+    records, errors = [], []
+    with concurrent.futures.ThreadPoolExecutor(ws.cfg.study.parallel, thread_name_prefix="study") as pool:
+        futures = {
+            pool.submit(run_arm_seed, ws, arm, seed, in_path, cpus, clock): (arm, seed) for arm, seed in jobs
+        }
+        for future in concurrent.futures.as_completed(futures):
+            arm, seed = futures[future]
+            try:
+                records.append(future.result())
+            except Exception as exc:
+                log.error("arm %s seed %d failed: %s", arm.name, seed, exc)
+                errors.append(f"{arm.name}/seed{seed}: {type(exc).__name__}: {exc}")
+    order = {arm.name: i for i, arm in enumerate(arms)}
+    records.sort(key=lambda r: (order[r["arm"]], r["seed"]))
+    trained = [r for r in records if not r["train_reused"]]
+    timing = {
+        "seconds": clock.now(),
+        "cpus_per_worker": cpus,
+        "parallel": ws.cfg.study.parallel,
+        "trainings_run": len(trained),
+        "max_concurrent_trainings": clock.max_training,
+        "train_seconds_sum": round(sum(r["train_end_s"] - r["train_start_s"] for r in trained), 1),
+    }
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} of {len(jobs)} runs failed (rerun to retry; finished runs are kept):\n  "
+            + "\n  ".join(errors)
+        )
+    return records, timing
+
+
+# --- the command -------------------------------------------------------------------------------------------------
+
+
+def reused_lists(records: list[dict[str, Any]]) -> dict[str, list[str]]:
+    train = [f"{r['arm']}/seed{r['seed']}" for r in records if r["train_reused"]]
+    evals = [f"{r['arm']}/seed{r['seed']}/{s}" for r in records for s, e in r["evals"].items() if e["reused"]]
+    return {"train": train, "eval": evals}
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    """The whole study; returns what study.json holds (also written to OUT/study.json with study.md)."""
+    from rgvlm_ray.iql.evaluate import write_outputs
+    from rgvlm_ray.ray_utils import init_ray
+    from rgvlm_ray.study_report import report_files
+
+    validate(cfg)
+    cfg = copy.deepcopy(cfg)  # tiny model paths are filled in below
+    out = cfg.study.out if storage.is_remote(cfg.study.out) else storage.get_fs(cfg.study.out)[1]
+    ws = Workspace(cfg, out)
+    start = time.perf_counter()
+    init_ray(cfg.ray)
+    raw = raw_data(ws)
+    models(ws)
+    if ws.tiny_vlm:
+        print(f"\nNOTE: {NOISE_WARNING}")
+    outcome, labeled = label_chain(ws, raw)
+    ok = [name for name in cfg.study.labelers if outcome[name]["status"] == "ok"]
+    quality = label_quality(ws, labeled, ok)
+    arms = plan_arms(ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context)
+    records, timing = run_arms(ws, arms, labeled)
+    ws.stages.append(Stage("train + evaluate (all runs)", timing["seconds"], len(records), "runs"))
+    study = {
+        "out": out,
+        "created_utc": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": round(time.perf_counter() - start, 1),
+        "settings": {
+            "labelers": cfg.study.labelers,
+            "modes": cfg.study.modes,
+            "seeds": cfg.study.seeds,
+            "splits": cfg.study.splits,
+            "contexts": cfg.study.contexts,
+            "default_context": cfg.iql.context,
+            "parallel": cfg.study.parallel,
+            "train_steps": cfg.train.steps,
+            "train_workers": cfg.train.workers,
+            "episodes_per_k": cfg.eval.episodes_per_k,
+            "eval_max_steps": cfg.eval.max_steps,
+            "generated": not cfg.study.in_path,
+            "episodes": cfg.generate.episodes,
+            "subtasks": cfg.generate.subtasks,
+        },
+        "tiny_vlm": ws.tiny_vlm,
+        "tiny_clip": ws.tiny_clip,
+        "data": {"raw": raw, "labeled": labeled},
+        "labelers": outcome,
+        "label_quality": quality,
+        "arms": [asdict(a) for a in arms],
+        "skipped_labelers": [n for n in cfg.study.labelers if n not in ok],
+        "runs": records,
+        "reused": reused_lists(records),
+        "timing": timing,
+        "stages": [{**asdict(s), "rate": s.rate} for s in ws.stages],
+        "config": redacted(cfg),
+    }
+    files = report_files(study)
+    files["study.json"] = json.dumps(study, indent=2, default=str).encode()
+    write_outputs(out, files, cfg.storage)
+    return study
+
+
+def main(cfg: Config) -> int:
+    study = run(cfg)
+    reused = study["reused"]
+    trained = study["timing"]["trainings_run"]
+    print(
+        f"\nruns: {len(study['runs'])}; trained {trained}, reused {len(reused['train'])}; evaluations reused "
+        f"{len(reused['eval'])}; at most {study['timing']['max_concurrent_trainings']} trainings at once"
+    )
+    print(f"wrote study.md, study.json and plots to {study['out']}")
+    if study["tiny_vlm"]:
+        print(f"NOTE: {NOISE_WARNING}")
+    if study["skipped_labelers"]:
+        for name in study["skipped_labelers"]:
+            print(f"labeler {name} FAILED, its arms were skipped: {study['labelers'][name]['error']}")
+        return 1
+    return 0

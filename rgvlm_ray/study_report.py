@@ -1,0 +1,303 @@
+"""study.md and its plots, from what `rgvlm study` read back (the dict study.py writes as study.json).
+
+Rows are labelled from each run's checkpoint (its `reward` and context), never from folder names. Every cell is
+a mean over seeds with a 95% confidence interval from the t distribution (n - 1 degrees of freedom): the
+per-seed value is that run's score on the evaluated missions, so the interval covers seed-to-seed variation
+(training and evaluation noise together), not the uncertainty of one run's success rate.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from rgvlm_ray.iql.evaluate import KS, plot_png
+from rgvlm_ray.labeling import report as label_report
+from rgvlm_ray.workspace import NOISE_WARNING
+
+CONFIDENCE = 0.95
+METRICS = {"subtask_completion": "proportion of sub-tasks completed", "success_rate": "success rate"}
+LONG_K = 3  # "long horizon": the comparison section looks at k >= 3
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> tuple[float, float | None]:
+    """(mean, half-width of the two-sided t interval), or (mean, None) with fewer than two values."""
+    x = np.asarray(list(values), dtype=float)
+    if x.size == 0:
+        return math.nan, None
+    mean = float(x.mean())
+    if x.size < 2:
+        return mean, None
+    sem = float(x.std(ddof=1)) / math.sqrt(x.size)
+    return mean, float(stats.t.ppf((1 + confidence) / 2, x.size - 1)) * sem
+
+
+def cell(values: list[float]) -> str:
+    mean, half = mean_ci(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.2f}" if half is None else f"{mean:.2f} ± {half:.2f}"
+
+
+def row_label(reward: str, context: int | None, default_context: int) -> str:
+    if context is None or context == default_context:
+        return reward
+    return f"{reward}, context {context}"
+
+
+def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Runs grouped by what they read back (reward, context), in arm order."""
+    default = study["settings"]["default_context"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in study["runs"]:
+        back = run["read_back"]
+        context = back.get("context") if back.get("context") is not None else back.get("config_context")
+        out.setdefault(row_label(back["reward"], context, default), []).append(run)
+    return out
+
+
+def per_seed(runs: list[dict[str, Any]], split: str, metric: str, ks: Iterable[int]) -> list[float]:
+    """One value per run: its `metric` averaged over the evaluated k in `ks`."""
+    wanted = set(ks)
+    values = []
+    for run in runs:
+        rows = [r for r in run["evals"][split]["by_k"] if r["k"] in wanted]
+        if rows:
+            values.append(float(np.mean([r[metric] for r in rows])))
+    return values
+
+
+def n_note(runs: list[dict[str, Any]]) -> str:
+    seeds = sorted(r["read_back"].get("seed", r["seed"]) for r in runs)
+    n = f"n={len(runs)}" + (", no CI" if len(runs) < 2 else "")
+    return f"{n} (seeds {', '.join(map(str, seeds))})"
+
+
+def figure4_table(study: dict[str, Any], split: str, metric: str) -> str:
+    header = "| arm (read back) | seeds | " + " | ".join(f"k={k}" for k in KS) + " | mean |"
+    lines = [header, "|---" * (len(KS) + 3) + "|"]
+    for label, runs in groups(study).items():
+        cells = [cell(per_seed(runs, split, metric, [k])) for k in KS]
+        lines.append(
+            f"| {label} | {n_note(runs)} | "
+            + " | ".join(cells)
+            + f" | {cell(per_seed(runs, split, metric, KS))} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def mean_rows(study: dict[str, Any], split: str) -> dict[str, list[dict[str, Any]]]:
+    """Per group, by_k-shaped rows of seed means (for the Figure-4 line plot)."""
+    series = {}
+    for label, runs in groups(study).items():
+        series[label] = [
+            {"k": k, **{m: mean_ci(per_seed(runs, split, m, [k]))[0] for m in METRICS}} for k in KS
+        ]
+    return series
+
+
+def arm_rows(study: dict[str, Any], template: str) -> dict[str, str]:
+    """labeler -> the row label of its default-context arm made from `template` (e.g. "X+sparse")."""
+    default = study["settings"]["default_context"]
+    return {
+        a["labeler"]: row_label(a["reward"], a["context"], default)
+        for a in study["arms"]
+        if a["labeler"] and a["template"] == template and not a["ablation"]
+    }
+
+
+def rho_plot(study: dict[str, Any], split: str) -> bytes:
+    """Downstream mean success (mean over k, then over seeds; 95% CI bars) against each labeler's Spearman rho."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    quality = study["label_quality"].get("by_labeler", {})
+    runs = groups(study)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for offset, template in enumerate(study["settings"]["modes"]):
+        xs, ys, errs, names = [], [], [], []
+        rows = arm_rows(study, template)
+        for labeler, q in quality.items():
+            label = rows.get(labeler)
+            if q["spearman"] is None or label not in runs:
+                continue
+            mean, half = mean_ci(per_seed(runs[label], split, "success_rate", KS))
+            xs.append(q["spearman"] + 0.01 * offset)  # side by side, not on top
+            ys.append(mean)
+            errs.append(half or 0.0)
+            names.append(labeler)
+        if xs:
+            ax.errorbar(xs, ys, yerr=errs, fmt="o", capsize=4, label=template)
+            if offset == 0:  # name each labeler once
+                for x, y, name in zip(xs, ys, names, strict=True):
+                    ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    if "sparse" in runs:
+        mean, half = mean_ci(per_seed(runs["sparse"], split, "success_rate", KS))
+        ax.axhline(mean, color="grey", linestyle="--", label="sparse")
+        if half:
+            ax.axhspan(mean - half, mean + half, color="grey", alpha=0.15)
+    ax.set_xlabel("label quality: Spearman rho of cumulative label vs. true progress")
+    ax.set_ylabel("mean success rate over k = 1..6")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"Downstream success vs. label quality ({split}; bars: 95% CI over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _interval(values: list[float]) -> tuple[float, float | None, str]:
+    mean, half = mean_ci(values)
+    text = (
+        f"{mean:.2f} (n={len(values)}, no CI)"
+        if half is None
+        else f"{mean:.2f} [{mean - half:.2f}, {mean + half:.2f}]"
+    )
+    return mean, half, text
+
+
+def told_apart(study: dict[str, Any], split: str) -> str:
+    """For each X+sparse against sparse, at the mean over k >= LONG_K: do the 95% CIs overlap?"""
+    runs = groups(study)
+    if "sparse" not in runs:
+        return "No `sparse` runs to compare against.\n"
+    ks = [k for k in KS if k >= LONG_K]
+    lines = []
+    for label in arm_rows(study, "X+sparse").values():
+        if label not in runs:
+            continue
+        for metric, title in METRICS.items():
+            a, ha, ta = _interval(per_seed(runs[label], split, metric, ks))
+            b, hb, tb = _interval(per_seed(runs["sparse"], split, metric, ks))
+            if ha is None or hb is None:
+                verdict = "**cannot be told apart** (too few seeds for a CI)"
+            elif a - ha > b + hb or b - hb > a + ha:
+                verdict = f"the CIs do not overlap: `{label}` is {'higher' if a > b else 'lower'}"
+            else:
+                verdict = "the CIs overlap: **cannot be told apart**"
+            lines.append(f"- `{label}` vs `sparse`, {title}, k ≥ {LONG_K}: {ta} vs {tb}; {verdict}.")
+    return ("\n".join(lines) + "\n") if lines else "No X+sparse arms ran.\n"
+
+
+def labelers_section(study: dict[str, Any]) -> str:
+    quality = study["label_quality"].get("by_labeler", {})
+    lines = [
+        "| labeler | status | Spearman rho | shuffled baseline | labeled from | seconds |",
+        "|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    for name, o in study["labelers"].items():
+        q = quality.get(name, {})
+        status = "ok" if o["status"] == "ok" else f"**FAILED**: {o['error']} (its arms were skipped)"
+        lines.append(
+            f"| {name} | {status} | {fmt(q.get('spearman'))} | {fmt(q.get('spearman_shuffled'))} "
+            f"| `{o['in']}` | {o['seconds']} |"
+        )
+    text = "\n".join(lines) + "\n"
+    if study["label_quality"].get("error"):
+        text += f"\nLabel report unavailable: {study['label_quality']['error']}\n"
+    return text
+
+
+def runs_section(study: dict[str, Any]) -> str:
+    t, reused = study["timing"], study["reused"]
+    lines = [
+        f"This invocation (a rerun reuses finished work, so its times cover only what it redid): "
+        f"{len(study['runs'])} runs; trained now: {t['trainings_run']}, reused (finished before): "
+        f"{len(reused['train'])}; evaluations reused: {len(reused['eval'])}. Up to {t['parallel']} runs side by "
+        f"side, {t['cpus_per_worker']:g} CPU per train worker; at most {t['max_concurrent_trainings']} trainings "
+        f"were running at once. Training time summed over runs: {t['train_seconds_sum']:.0f} s, in "
+        f"{t['seconds']:.0f} s of wall time for the whole train + evaluate stage.",
+        "",
+        "| stage | seconds | work | rate |",
+        "|---|---|---|---|",
+    ]
+    for s in study["stages"]:
+        if not s["work"]:
+            rate = "reused"
+        elif s["unit"] == "runs":
+            rate = f"{s['seconds'] / s['work']:,.1f} s per run (wall)"
+        else:
+            rate = f"{s['rate']:,.1f} {s['unit']}/s"
+        lines.append(f"| {s['name']} | {s['seconds']:,.1f} | {s['work']:,.0f} {s['unit']} | {rate} |")
+    return "\n".join(lines) + "\n"
+
+
+def markdown(study: dict[str, Any]) -> str:
+    s = study["settings"]
+    warnings = ""
+    if study["tiny_vlm"]:
+        warnings += f"> **Warning.** {NOISE_WARNING}\n"
+    if study["tiny_clip"]:
+        warnings += (
+            "> The CLIP labeler is a tiny random CLIP here (noise); set `study.clip_model` for a real one.\n"
+        )
+    failed = study["skipped_labelers"]
+    if failed:
+        warnings += f"> **Labelers that failed:** {', '.join(failed)}. Their arms did not run; see below.\n"
+    parts = [
+        "# rgvlm study",
+        "",
+        warnings,
+        f"Generated {study['created_utc']} in {study['seconds'] / 60:.1f} minutes. Labelers: "
+        f"{', '.join(s['labelers'])}; modes {', '.join(s['modes'])} per labeler, plus `sparse`; "
+        f"{s['seeds']} seed(s) per arm; {s['train_steps']} IQL updates per run; default context "
+        f"{s['default_context']} (ablation: {', '.join(map(str, s['contexts'])) or 'none'}); "
+        f"{s['episodes_per_k']} evaluation episodes per k and split, at most {s['eval_max_steps'] or 'the env'} steps.",
+        "",
+        "Cells: mean over seeds ± the half-width of a 95% t-interval over seeds (n - 1 degrees of freedom). "
+        "Each row is labelled from what its runs' checkpoints say they were trained with, never from folder names.",
+        "",
+    ]
+    for split in s["splits"]:
+        parts += [f"## Split `{split}`", ""]
+        for metric, title in METRICS.items():
+            parts += [f"### {title.capitalize()} by number of sub-tasks k (the paper's Figure 4)", ""]
+            parts += [figure4_table(study, split, metric), ""]
+        parts += [
+            f"![completion by k]({split}_by_k.png)",
+            "",
+            "### Downstream success against label quality",
+            "",
+            f"![success vs rho](rho_vs_success_{split}.png)",
+            "",
+            "### Can these arms be told apart?",
+            "",
+            "Rule: two arms are told apart only when their 95% CIs do not overlap (a conservative check, not a "
+            "test); with one seed there is no CI and nothing can be told apart.",
+            "",
+            told_apart(study, split),
+        ]
+    parts += [
+        "## Labelers (label quality from `rgvlm label-report` on the final dataset)",
+        "",
+        labelers_section(study),
+    ]
+    reports = study["label_quality"].get("reports") or []
+    if reports:
+        parts += [label_report.markdown(reports)]
+    parts += ["## Runs and timing", "", runs_section(study)]
+    parts += [
+        "Files: raw data and the labeling chain under `data/` (`data/labeled-<labeler>`, each from the previous "
+        "one), runs under `runs/<arm>/seed<i>`, evaluations under `eval/<arm>/seed<i>/<split>`, everything above "
+        "as JSON in `study.json`.",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def report_files(study: dict[str, Any]) -> dict[str, bytes]:
+    files = {"study.md": markdown(study).encode()}
+    for split in study["settings"]["splits"]:
+        files[f"{split}_by_k.png"] = plot_png(mean_rows(study, split), f"Mean over seeds by k ({split})")
+        files[f"rho_vs_success_{split}.png"] = rho_plot(study, split)
+    return files

@@ -1,0 +1,219 @@
+"""`rgvlm study`: the arms it plans, the CI math, the report's labels, and a tiny study end to end on Ray
+(a failing labeler, each run read back from its checkpoint, and a rerun that trains nothing)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from rgvlm_ray.cli import main
+from rgvlm_ray.config import load_config
+from rgvlm_ray.study import Arm, check_treatment, labeler_settings, plan_arms, run_config
+from rgvlm_ray.study_report import figure4_table, markdown, mean_ci, told_apart
+from rgvlm_ray.workspace import Workspace
+
+# --- CI math, against scipy's own t interval and a value worked out by hand -------------------------------------
+
+
+def test_ci_half_width_is_the_t_interval_over_seeds():
+    # [0.2, 0.4, 0.6]: mean 0.4, sd 0.2, sem 0.2 / sqrt(3), t(0.975, df=2) = 4.302653 -> 0.496828
+    mean, half = mean_ci([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4) and half == pytest.approx(0.4968275, abs=1e-6)
+    rng = np.random.default_rng(0)
+    for n in (2, 3, 5, 10):
+        x = rng.random(n)
+        low, high = stats.t.interval(0.95, df=n - 1, loc=x.mean(), scale=stats.sem(x))
+        mean, half = mean_ci(x)
+        assert (mean - half, mean + half) == pytest.approx((low, high), abs=1e-12)
+    assert mean_ci([0.7]) == (0.7, None)  # one seed: no interval
+    assert math.isnan(mean_ci([])[0])
+
+
+# --- planning -------------------------------------------------------------------------------------------------------
+
+
+def test_plan_arms_puts_each_labeler_into_each_mode_and_adds_the_context_ablation():
+    arms = plan_arms(["oracle", "noisy30"], ["X", "X+sparse"], [1, 8], default_context=8)
+    assert [(a.name, a.reward, a.context) for a in arms] == [
+        ("sparse", "sparse", 8),
+        ("oracle", "oracle", 8),
+        ("oracle_sparse", "oracle+sparse", 8),
+        ("noisy30", "noisy30", 8),
+        ("noisy30_sparse", "noisy30+sparse", 8),
+        ("oracle_sparse-ctx1", "oracle+sparse", 1),  # the default context (8) is not repeated
+    ]
+    assert arms[-1].ablation and arms[-1].labeler == "oracle"
+    # Each arm x seed trains with the arm's own reward, context and seed, into its own folder.
+    ws = Workspace(load_config(dotlist=["iql.context=8"]), "/out")
+    cfg = run_config(ws, arms[-1], 2, "/out/data/labeled-noisy30", 0.5)
+    assert (cfg.train.reward, cfg.iql.context, cfg.train.seed) == ("oracle+sparse", 1, 2)
+    assert cfg.train.out_path == "/out/runs/oracle_sparse-ctx1/seed2" and cfg.train.cpus_per_worker == 0.5
+    assert ws.cfg.iql.context == 8 and ws.cfg.train.reward == "sparse"  # the shared config is left alone
+    # Without a successful oracle there is no ablation; a failed labeler simply has no arms.
+    assert [a.name for a in plan_arms(["clip"], ["X+sparse"], [1], 8)] == ["sparse", "clip_sparse"]
+
+
+def test_labeler_settings_pick_the_engine_that_writes_the_labelers_columns():
+    cfg = load_config(dotlist=["study.clip_model=/models/clip", "engine.kind=hf", "engine.model=/models/vlm"])
+    engine, labeler = labeler_settings(cfg, "noisy30")
+    assert engine.kind == "noisy_oracle" and labeler.oracle_noise == pytest.approx(0.3)
+    assert labeler_settings(cfg, "noisy60")[1].oracle_noise == pytest.approx(0.6)
+    assert labeler_settings(cfg, "oracle")[0].kind == "oracle"
+    assert labeler_settings(cfg, "clip")[0].model == "/models/clip"
+    assert labeler_settings(cfg, "rgvlm")[0].model == "/models/vlm"
+
+
+def test_study_rejects_unknown_labelers_and_modes_before_starting_anything(tmp_path, capsys):
+    out = str(tmp_path / "s")
+    assert main(["study", "--out", out, "study.labelers=[oracle,gpt4]"]) == 2
+    assert "unknown labeler 'gpt4'" in capsys.readouterr().err
+    assert main(["study", "--out", out, "study.modes=[X+sparse,sparse]"]) == 2
+    assert "has no X term" in capsys.readouterr().err
+    assert main(["study", "--out", out, "study.modes=[X+bogus]"]) == 2
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_run_that_did_not_get_its_arms_treatment_fails_loudly_naming_it():
+    arm = Arm("oracle_sparse-ctx1", "oracle+sparse", 1, "oracle", "X+sparse", True)
+    good = {"reward": "oracle+sparse", "seed": 2, "config_seed": 2, "context": 1}
+    good |= {"config_context": 1, "spec_context": 1}
+    check_treatment(good, arm, 2, "runs/oracle_sparse-ctx1/seed2")
+    check_treatment(good | {"context": None, "config_context": None, "spec_context": None}, arm, 2, "r")
+    for bad in (
+        {"reward": "sparse"},
+        {"config_seed": 0},
+        {"spec_context": 8},
+        {"seed": None, "config_seed": None},
+    ):
+        with pytest.raises(RuntimeError, match="runs/oracle_sparse-ctx1/seed2"):
+            check_treatment(good | bad, arm, 2, "runs/oracle_sparse-ctx1/seed2")
+
+
+# --- the report, on hand-made runs ----------------------------------------------------------------------------------
+
+
+def _run(folder: str, reward: str, seed: int, value: float, context: int = 8) -> dict:
+    by_k = [{"k": k, "success_rate": value, "subtask_completion": value} for k in range(1, 7)]
+    back = {"reward": reward, "seed": seed, "context": context, "step": 4}
+    return {"arm": folder, "seed": seed, "read_back": back, "evals": {"seen": {"by_k": by_k}}}
+
+
+def _study(runs: list[dict]) -> dict:
+    arms = [
+        {"name": "sparse", "reward": "sparse", "context": 8, "labeler": None, "template": "sparse", "ablation": False},
+        {"name": "a", "reward": "oracle+sparse", "context": 8, "labeler": "oracle", "template": "X+sparse", "ablation": False},
+    ]  # fmt: skip
+    settings = {
+        "labelers": ["oracle"], "modes": ["X+sparse"], "seeds": 3, "splits": ["seen"], "contexts": [1],
+        "default_context": 8, "parallel": 2, "train_steps": 4, "episodes_per_k": 1, "eval_max_steps": 30,
+    }  # fmt: skip
+    timing = {"seconds": 1.0, "cpus_per_worker": 0.5, "parallel": 2, "trainings_run": 0}
+    timing |= {"max_concurrent_trainings": 0, "train_seconds_sum": 0.0}
+    quality = {"reports": [], "by_labeler": {"oracle": {"spearman": 1.0, "spearman_shuffled": 0.4}}}
+    return {
+        "settings": settings, "runs": runs, "arms": arms, "label_quality": quality, "timing": timing,
+        "labelers": {"oracle": {"status": "ok", "in": "raw", "out": "l", "seconds": 1.0}},
+        "skipped_labelers": [], "tiny_vlm": False, "tiny_clip": False, "created_utc": "now", "seconds": 1.0,
+        "reused": {"train": [], "eval": []}, "stages": [],
+    }  # fmt: skip
+
+
+def test_report_rows_come_from_what_the_runs_read_back_not_from_folders():
+    # Folder names lie on purpose: the rows must follow read_back.
+    runs = [_run("oracle_sparse", "sparse", s, v) for s, v in enumerate([0.10, 0.12, 0.11])]
+    runs += [_run("sparse", "oracle+sparse", s, v) for s, v in enumerate([0.60, 0.62, 0.61])]
+    runs += [_run("sparse", "oracle+sparse", 0, 0.5, context=1)]
+    study = _study(runs)
+    table = figure4_table(study, "seen", "subtask_completion")
+    mean, half = mean_ci([0.60, 0.62, 0.61])
+    assert f"| oracle+sparse | n=3 (seeds 0, 1, 2) | {mean:.2f} ± {half:.2f} |" in table
+    assert "| sparse | n=3 (seeds 0, 1, 2) | 0.11 ± 0.02 |" in table
+    assert "| oracle+sparse, context 1 | n=1, no CI (seeds 0) | 0.50 |" in table
+    verdict = told_apart(study, "seen")
+    assert "do not overlap: `oracle+sparse` is higher" in verdict and "cannot be told apart" not in verdict
+    assert "## Split `seen`" in markdown(study)
+
+    close = [_run("s", "sparse", s, v) for s, v in enumerate([0.1, 0.5, 0.3])]
+    close += [_run("o", "oracle+sparse", s, v) for s, v in enumerate([0.2, 0.6, 0.4])]
+    assert "the CIs overlap: **cannot be told apart**" in told_apart(_study(close), "seen")
+    single = [_run("s", "sparse", 0, 0.1), _run("o", "oracle+sparse", 0, 0.9)]
+    assert "**cannot be told apart** (too few seeds for a CI)" in told_apart(_study(single), "seen")
+
+
+# --- end to end -------------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_files(out: Path, name: str) -> dict[str, dict]:
+    """`name` (run.json, config.json) of each run's latest checkpoint, read straight from disk, by arm/seed."""
+    found = {}
+    for run in sorted(out.glob("runs/*/seed*")):
+        latest = sorted(run.glob("checkpoint_0*"))[-1]
+        found[f"{run.parent.name}/{run.name}"] = json.loads((latest / name).read_text())
+    return found
+
+
+def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, tmp_path, capsys):
+    out = tmp_path / "study"
+    args = [
+        "study", "--config", "local", "--out", str(out), "--seeds", "2", "--steps", "4", "--episodes-per-k", "1",
+        "generate.episodes=12", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
+        "study.labelers=[oracle,clip]", f"study.clip_model={tmp_path / 'no-such-clip'}",  # clip fails to load
+        "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=4",
+        "label.max_restarts=0",
+        "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30",
+        "train.checkpoint_every=4", "train.log_every=2",
+    ]  # fmt: skip
+    assert main(args) == 1  # a labeler failed: everything else ran, and the exit code says so
+    printed = capsys.readouterr().out
+    assert "labeler clip FAILED" in printed
+
+    study = json.loads((out / "study.json").read_text())
+    assert study["labelers"]["oracle"]["status"] == "ok"
+    assert study["labelers"]["clip"]["status"] == "failed" and study["skipped_labelers"] == ["clip"]
+    # Each training costs ~20-45 s of Ray Train start-up on 2 cores, so two arms; the X mode is planned above.
+    expected = {"sparse": "sparse", "oracle_sparse": "oracle+sparse"}
+    assert [a["name"] for a in study["arms"]] == list(expected)
+
+    # Every run trained with its arm's reward and seed, as its own checkpoint says.
+    runs = _checkpoint_files(out, "run.json")
+    configs = _checkpoint_files(out, "config.json")
+    assert sorted(runs) == sorted(f"{arm}/seed{s}" for arm in expected for s in (0, 1))
+    for key, run in runs.items():
+        arm, seed = key.split("/")
+        assert run["reward"] == expected[arm] and run["step"] == 4
+        assert configs[key]["train"]["seed"] == int(seed.removeprefix("seed"))
+        assert configs[key]["iql"]["context"] == study["settings"]["default_context"]
+    for arm in expected:
+        for seed in (0, 1):
+            ev = json.loads((out / "eval" / arm / f"seed{seed}" / "seen" / "eval.json").read_text())
+            assert ev["reward"] == expected[arm] and [r["k"] for r in ev["by_k"]] == [1, 2, 3, 4, 5, 6]
+
+    md = (out / "study.md").read_text()
+    assert "clip" in md and "FAILED" in md and "its arms were skipped" in md
+    for reward in ("sparse", "oracle+sparse"):
+        assert f"\n| {reward} | n=2 (seeds 0, 1) | " in md
+    assert " ± " in md and "Can these arms be told apart?" in md and "`oracle+sparse` vs `sparse`" in md
+    for png in ("seen_by_k.png", "rho_vs_success_seen.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert study["timing"]["trainings_run"] == 4
+    assert study["timing"]["max_concurrent_trainings"] >= 2  # the trainings overlapped (4 threads, 4 runs)
+
+    # A rerun trains and evaluates nothing: every run is finished and every eval.json matches its checkpoint.
+    stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/seed*/checkpoint_0*/model.safetensors")}
+    assert main(args) == 1
+    again = json.loads((out / "study.json").read_text())
+    assert sorted(again["reused"]["train"]) == sorted(runs)
+    assert sorted(again["reused"]["eval"]) == sorted(f"{k}/seen" for k in runs)
+    assert again["timing"]["trainings_run"] == 0
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A run whose checkpoint says another reward stops the study, naming it.
+    tampered = sorted((out / "runs" / "oracle_sparse" / "seed1").glob("checkpoint_0*"))[-1] / "run.json"
+    tampered.write_text(json.dumps(runs["oracle_sparse/seed1"] | {"reward": "sparse"}))
+    with pytest.raises(RuntimeError, match="oracle_sparse/seed1"):
+        main([*args, "study.labelers=[oracle]"])
