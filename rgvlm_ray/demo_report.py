@@ -41,6 +41,11 @@ def _throughput(state: Workspace) -> str:
     return "\n".join(lines)
 
 
+def half_width(n: int, p: float = 0.5) -> float:
+    """95% half-width of a success rate from n episodes at its widest (p = 0.5), normal approximation."""
+    return 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
+
+
 def write_report(
     state: Workspace, seconds: float, evals: list[str], labeled: str, labelers: list[str]
 ) -> str:
@@ -72,6 +77,8 @@ To label with a real LVLM instead, change one thing, the engine: `rgvlm run --co
 GPU node, or add `{REAL_LVLM}` to this command.
 
 ## Task success by sub-task count (the paper's Figure 4)
+
+**What this scale can show.** One training run per reward mode (one seed), {cfg.train.steps} updates, {cfg.eval.episodes_per_k} evaluation episodes per k: a rate from {cfg.eval.episodes_per_k} episodes carries about ±{half_width(cfg.eval.episodes_per_k):.2f} at 95%, so rows that differ by less cannot be told apart here. The demo shows that every stage runs and that each arm trained on its own reward (the row names come from each run's checkpoint). Whether labels help, and by how much, is what `rgvlm study` measures: several seeds per arm, means with 95% confidence intervals (docs/study.md, BENCHMARKS.md).
 
 {comparison_table(series)}
 ![success by k](success_by_k.png)

@@ -188,6 +188,67 @@ def told_apart(study: dict[str, Any], split: str) -> str:
     return ("\n".join(lines) + "\n") if lines else "No X+sparse arms ran.\n"
 
 
+def _verdict(a: tuple[float, float | None], b: tuple[float, float | None]) -> str:
+    (ma, ha), (mb, hb) = a, b
+    if ha is None or hb is None:
+        return "cannot be told apart (no CI)"
+    if ma - ha > mb + hb:
+        return "higher, CIs do not overlap"
+    if mb - hb > ma + ha:
+        return "lower, CIs do not overlap"
+    return "CIs overlap: cannot be told apart"
+
+
+def targets(study: dict[str, Any], split: str) -> str:
+    """The issue's four targets, on sub-task completion, each with its measured distance."""
+    runs, metric = groups(study), "subtask_completion"
+    default = study["settings"]["default_context"]
+    long_ks, lines = [k for k in KS if k >= LONG_K], []
+
+    def stat(label: str, ks: list[int]) -> tuple[float, float | None]:
+        return mean_ci(per_seed(runs.get(label, []), split, metric, ks))
+
+    if "oracle+sparse" in runs and "sparse" in runs:
+        o, sp = stat("oracle+sparse", long_ks), stat("sparse", long_ks)
+        ratio = o[0] / sp[0] if sp[0] > 0 else math.nan
+        lines.append(
+            f"- `oracle+sparse` >= 2x `sparse` at k >= {LONG_K} with non-overlapping CIs: {o[0]:.3f} vs "
+            f"{sp[0]:.3f}, ratio **{'n/a' if math.isnan(ratio) else f'{ratio:.2f}x'}**; {_verdict(o, sp)}. "
+            f"{'**Met.**' if ratio >= 2 and _verdict(o, sp).startswith('higher') else '**Not met.**'}"
+        )
+    ablations = [label for label in runs if label.startswith("oracle+sparse, context ")]
+    for label in ablations:
+        d, c = stat("oracle+sparse", [k for k in KS if k >= 2]), stat(label, [k for k in KS if k >= 2])
+        lines.append(
+            f"- context {default} vs {label.split(', ')[1]} with `oracle+sparse`, k >= 2: {d[0]:.3f} vs {c[0]:.3f}; "
+            f"context {default} is {_verdict(d, c)}."
+        )
+    noisy = sorted((fmt_noise(label), label) for label in runs if fmt_noise(label) is not None)
+    if noisy:
+        series = [(0.0, "oracle+sparse")] if "oracle+sparse" in runs else []
+        series += [(p, label) for p, label in noisy]
+        cells = ", ".join(f"{p:.0%}: {stat(label, list(KS))[0]:.3f}" for p, label in series)
+        means = [stat(label, list(KS))[0] for _, label in series]
+        falls = all(b <= a for a, b in zip(means, means[1:], strict=False))
+        lines.append(f"- downstream completion (mean over k) by oracle noise, X+sparse arms: {cells}; "
+                     f"{'falls monotonically' if falls else 'does **not** fall monotonically'}.")  # fmt: skip
+    if "sparse" in runs:
+        by_k = [stat("sparse", [k])[0] for k in KS]
+        falls = by_k[0] > by_k[-1]
+        lines.append(f"- `sparse` completion by k: {', '.join(f'{v:.2f}' for v in by_k)}; "
+                     f"k=1 {'above' if falls else 'not above'} k={KS[-1]} (the paper's shape).")  # fmt: skip
+    return ("\n".join(lines) + "\n") if lines else "No arms to check.\n"
+
+
+def fmt_noise(label: str) -> float | None:
+    """The noise of a `noisyNN+sparse` row (default context), else None."""
+    from rgvlm_ray.labeling.noisy_oracle import noise_of
+
+    if not label.endswith("+sparse") or "," in label:
+        return None
+    return noise_of(label.removesuffix("+sparse"))
+
+
 def labelers_section(study: dict[str, Any]) -> str:
     quality = study["label_quality"].get("by_labeler", {})
     lines = [
@@ -270,6 +331,9 @@ def markdown(study: dict[str, Any]) -> str:
             "",
             f"![success vs rho](rho_vs_success_{split}.png)",
             "",
+            "### Targets (sub-task completion, mean over seeds)",
+            "",
+            targets(study, split),
             "### Can these arms be told apart?",
             "",
             "Rule: two arms are told apart only when their 95% CIs do not overlap (a conservative check, not a "

@@ -14,7 +14,7 @@ from scipy import stats
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import load_config
 from rgvlm_ray.study import Arm, check_treatment, labeler_settings, plan_arms, run_config
-from rgvlm_ray.study_report import figure4_table, markdown, mean_ci, told_apart
+from rgvlm_ray.study_report import figure4_table, markdown, mean_ci, targets, told_apart
 from rgvlm_ray.workspace import Workspace
 
 # --- CI math, against scipy's own t interval and a value worked out by hand -------------------------------------
@@ -143,6 +143,20 @@ def test_report_rows_come_from_what_the_runs_read_back_not_from_folders():
     assert "the CIs overlap: **cannot be told apart**" in told_apart(_study(close), "seen")
     single = [_run("s", "sparse", 0, 0.1), _run("o", "oracle+sparse", 0, 0.9)]
     assert "**cannot be told apart** (too few seeds for a CI)" in told_apart(_study(single), "seen")
+
+
+def test_targets_report_the_measured_distance_of_each():
+    runs = [_run("a", "sparse", s, v) for s, v in enumerate([0.10, 0.12, 0.11])]
+    runs += [_run("b", "oracle+sparse", s, v) for s, v in enumerate([0.30, 0.32, 0.31])]
+    runs += [_run("c", "noisy30+sparse", s, v) for s, v in enumerate([0.20, 0.22, 0.21])]
+    runs += [_run("d", "noisy60+sparse", s, v) for s, v in enumerate([0.25, 0.27, 0.26])]
+    runs += [_run("e", "oracle+sparse", s, v, context=1) for s, v in enumerate([0.30, 0.33, 0.31])]
+    text = targets(_study(runs), "seen")
+    assert "0.310 vs 0.110, ratio **2.82x**; higher, CIs do not overlap. **Met.**" in text
+    assert "context 1" in text and "CIs overlap: cannot be told apart" in text
+    assert "0%: 0.310, 30%: 0.210, 60%: 0.260; does **not** fall monotonically" in text
+    runs[3:6] = [_run("b", "oracle+sparse", s, v) for s, v in enumerate([0.12, 0.13, 0.11])]
+    assert "**Not met.**" in targets(_study(runs), "seen")
 
 
 # --- end to end -------------------------------------------------------------------------------------------------------
