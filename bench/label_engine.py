@@ -22,9 +22,9 @@ import torch
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.data.generate import build_shard
-from rgvlm_ray.labeling import labeler_fingerprint
-from rgvlm_ray.labeling.engines.hf import HFEngine, to_hf_messages
-from rgvlm_ray.labeling.labeler import RGVLMLabeler
+from rgvlm_ray.labelers import labeler_fingerprint
+from rgvlm_ray.labelers.engines.hf import HFEngine, to_hf_messages
+from rgvlm_ray.labelers.labeler import RGVLMLabeler
 
 
 class TimedEngine:
@@ -70,7 +70,7 @@ def main() -> None:
 
     model = args.model
     if not model:
-        from rgvlm_ray.labeling.tiny_vlm import build_qwen2_vl
+        from rgvlm_ray.labelers.tiny_vlm import build_qwen2_vl
 
         model = str(build_qwen2_vl(Path(tempfile.mkdtemp(prefix="bench-vlm-")) / "vlm"))
     cfg = load_config(dotlist=["generate.expert_noise=0.25"])

@@ -3,7 +3,7 @@
     python bench/label_pipeline.py [--episodes 12] [--window 16]
 
 Each path reads the shards, labels every episode with the tiny offline Qwen2-VL through the hf engine (both
-stages, window W), and writes labeled shards. Ray's own start-up is excluded; actor start-up (model load) is
+stages, window W), and writes label shards (episode ids and label columns, the job's sidecar layout). Ray's own start-up is excluded; actor start-up (model load) is
 included, as the loop includes its model load. The loop runs torch on one thread, as Ray gives an actor with
 fractional CPUs (OMP_NUM_THREADS=1), so the 1-actor ratio measures the pipeline's overhead, not thread counts.
 Target (issue 4): 1-actor pipeline <= 1.15x the loop.
@@ -23,8 +23,8 @@ from rgvlm_ray import storage
 from rgvlm_ray.cli import main as cli
 from rgvlm_ray.config import load_config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.labeling.labeler import build_labeler
-from rgvlm_ray.labeling.pipeline import attach_labels
+from rgvlm_ray.labelers.labeler import build_labeler
+from rgvlm_ray.labeling.actors import label_table
 from rgvlm_ray.ray_utils import init_ray
 
 
@@ -37,7 +37,7 @@ def loop(cfg, src: str, out: str) -> float:
         labels = []
         for i in range(0, len(rows), cfg.label.episodes_per_batch):
             labels += labeler.label_rows(rows[i : i + cfg.label.episodes_per_batch])
-        labeled = attach_labels(table, labels, labeler.name, {}).drop_columns(["__tokens"])
+        labeled = label_table(table.column("episode_id").combine_chunks(), labels, labeler.name)
         fmt.write_shard(labeled, storage.join(out, storage.basename(shard)))
     return time.perf_counter() - start
 

@@ -1,8 +1,8 @@
 """`rgvlm <command> [flags] [key=value ...]`.
 
 Every flag is a shortcut for one key of the structured config in rgvlm_ray/config.py; any other key can be
-set with `key=value`. Implementations live beside their code as `main(cfg: Config) -> int` and are imported
-lazily so `rgvlm --help` stays fast.
+set with `key=value`. Handlers live in rgvlm_ray/commands/ as `main(cfg: Config) -> int` and are imported
+lazily so `rgvlm --help` stays fast; the domain modules they call never import this one.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from rgvlm_ray.storage import resolved
 class Flag:
     name: str  # e.g. "--out"
     key: str  # dotted config key, e.g. "generate.out"
-    type: Any = str  # str | int | float | bool (bool flags take no value)
+    type: Any = str  # str | int | float | bool (bool flags take no value) | list (repeatable, appends)
     help: str = ""
     positional: bool = False
     nargs: str | None = None  # positional only: "*" collects several values into a list key
@@ -43,7 +43,7 @@ STORAGE_FLAGS = [Flag("--endpoint-url", "storage.endpoint_url", help="S3 endpoin
 COMMANDS: dict[str, Command] = {
     "generate": Command(
         "generate an ALFRED-like multi-sub-task BabyAI dataset with Ray",
-        "rgvlm_ray.data.generate:main",
+        "rgvlm_ray.commands.generate:main",
         [
             Flag("--out", "generate.out", help="output folder or s3:// prefix"),
             Flag("--episodes", "generate.episodes", int),
@@ -58,9 +58,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "inspect": Command(
         "summarise and validate a dataset (raw or labeled)",
-        "rgvlm_ray.data.inspect:main",
+        "rgvlm_ray.commands.inspect:main",
         [
             Flag("path", "inspect.path", positional=True, help="folder, s3:// prefix or shard"),
+            Flag("--labels", "inspect.labels", list, "label set joined to --in (repeatable)"),
             Flag("--decode", "inspect.decode", bool, "also decode every PNG"),
             Flag("--json", "inspect.json", bool, "print JSON"),
             *STORAGE_FLAGS,
@@ -68,7 +69,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "make-tiny-vlm": Command(
         "build a tiny random Qwen2-VL (or CLIP) for tests and the CPU demo",
-        "rgvlm_ray.labeling.tiny_vlm:main",
+        "rgvlm_ray.commands.make_tiny_vlm:main",
         [
             Flag("--out", "tiny_model.out", help="output directory"),
             Flag("--kind", "tiny_model.kind", help="qwen2_vl | clip"),
@@ -77,7 +78,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "label-episode": Command(
         "label one episode and print prompts, analysis and scores",
-        "rgvlm_ray.labeling.episode_cli:main",
+        "rgvlm_ray.commands.label_episode:main",
         [
             Flag("--in", "label_episode.in_path", help="dataset folder, s3:// prefix or shard"),
             Flag("--episode", "label_episode.episode", help="episode id (default: the first one)"),
@@ -91,10 +92,14 @@ COMMANDS: dict[str, Command] = {
     ),
     "label": Command(
         "label a corpus of shards with Ray Data actor pools (resumable; see docs/labeling-job.md)",
-        "rgvlm_ray.labeling.pipeline:main",
+        "rgvlm_ray.commands.label:main",
         [
-            Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
-            Flag("--out", "label.out_path", help="output folder or s3:// prefix (shards keep their names)"),
+            Flag("--in", "label.in_path", help="raw dataset: folder or s3:// prefix"),
+            Flag("--out", "label.out_path", help="label set: folder or s3:// prefix, beside the raw data"),
+            Flag(
+                "--status", "label.status", bool, "report every input shard's state in --out; label nothing"
+            ),
+            Flag("--retry-errors", "label.retry_errors", bool, "relabel shards with bad-input episodes too"),
             Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--force", "label.force", bool, "relabel every shard"),
@@ -106,9 +111,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "label-report": Command(
         "label-quality report: correlation of labels with ground-truth progress, by k",
-        "rgvlm_ray.labeling.report:main",
+        "rgvlm_ray.commands.label_report:main",
         [
-            Flag("--in", "label_report.in_path", help="labeled dataset: folder or s3:// prefix"),
+            Flag("--in", "label_report.in_path", help="dataset: folder or s3:// prefix"),
+            Flag("--labels", "label_report.labels", list, "label set joined to --in (repeatable)"),
             Flag("--labeler", "label_report.labeler", help="rgvlm | clip | oracle (default: all present)"),
             Flag("--out", "label_report.out", help="local folder for the report files"),
             Flag("--json", "label_report.json", bool, "print JSON"),
@@ -117,9 +123,10 @@ COMMANDS: dict[str, Command] = {
     ),
     "train": Command(
         "train language-conditioned IQL with Ray Train",
-        "rgvlm_ray.iql.trainer:main",
+        "rgvlm_ray.commands.train:main",
         [
-            Flag("--in", "train.in_path", help="labeled episodes: folder or s3:// prefix"),
+            Flag("--in", "train.in_path", help="episodes: folder or s3:// prefix"),
+            Flag("--labels", "train.labels", list, "label set joined to --in (repeatable)"),
             Flag("--out", "train.out_path", help="run folder or s3:// prefix; a rerun resumes from it"),
             Flag(
                 "--reward",
@@ -136,7 +143,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "evaluate": Command(
         "evaluate a checkpoint by sub-task count k = 1..6",
-        "rgvlm_ray.iql.evaluate:main",
+        "rgvlm_ray.commands.evaluate:main",
         [
             Flag("--checkpoint", "eval.checkpoint", help="run folder or one checkpoint"),
             Flag("--out", "eval.out", help="folder for eval.json, eval.md and eval.png"),
@@ -149,7 +156,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "compare": Command(
         "compare runs in one table and plot",
-        "rgvlm_ray.iql.compare:main",
+        "rgvlm_ray.commands.compare:main",
         [
             Flag("runs", "compare.runs", positional=True, nargs="*", help="run or eval folders"),
             Flag("--out", "compare.out", help="folder for compare.json, compare.md and compare.png"),
@@ -159,7 +166,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "run": Command(
         "the end-to-end demo: generate, label three ways, train per reward, evaluate by k, write report.md",
-        "rgvlm_ray.demo:main",
+        "rgvlm_ray.commands.run:main",
         [
             Flag("--out", "run.out", help="local folder for data, runs, evals and report.md"),
             Flag("--engine", "engine.kind", help="RG-VLM engine: hf | vllm | openai (default hf)"),
@@ -172,7 +179,7 @@ COMMANDS: dict[str, Command] = {
     ),
     "study": Command(
         "the paper's experiment on Ray: labelers x reward modes x seeds, with CIs (docs/study.md)",
-        "rgvlm_ray.study:main",
+        "rgvlm_ray.commands.study:main",
         [
             Flag("--out", "study.out", help="folder or s3:// prefix for data, runs, evals and study.md"),
             Flag("--in", "study.in_path", help="raw dataset (default: generate one into OUT/data/raw)"),
@@ -183,12 +190,23 @@ COMMANDS: dict[str, Command] = {
             *STORAGE_FLAGS,
         ],
     ),
+    "export": Command(
+        "write raw episodes joined with label sets as one table per shard (for tools that want one table)",
+        "rgvlm_ray.commands.export:main",
+        [
+            Flag("--in", "export.in_path", help="raw dataset: folder or s3:// prefix"),
+            Flag("--labels", "export.labels", list, "label set joined to --in (repeatable)"),
+            Flag("--out", "export.out", help="output folder or s3:// prefix"),
+            Flag("--overwrite", "export.overwrite", bool, "replace existing shards"),
+            *STORAGE_FLAGS,
+        ],
+    ),
     "relabel": Command(
         "label only new or changed shards, then optionally retrain: safe to run from cron",
-        "rgvlm_ray.labeling.relabel:main",
+        "rgvlm_ray.commands.relabel:main",
         [
-            Flag("--in", "label.in_path", help="input shards: folder or s3:// prefix"),
-            Flag("--out", "label.out_path", help="labeled output: folder or s3:// prefix"),
+            Flag("--in", "label.in_path", help="raw dataset: folder or s3:// prefix"),
+            Flag("--out", "label.out_path", help="label set: folder or s3:// prefix"),
             Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--then-train", "relabel.then_train", bool, "retrain when something new was labeled"),
@@ -225,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(flag.key, nargs=nargs, default=None, help=kwargs["help"], metavar=flag.name)
             elif flag.type is bool:
                 p.add_argument(flag.name, action="store_const", const=True, default=None, **kwargs)
+            elif flag.type is list:
+                p.add_argument(flag.name, action="append", default=None, **kwargs)
             else:
                 p.add_argument(flag.name, type=flag.type, default=None, **kwargs)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="any config key")

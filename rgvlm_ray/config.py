@@ -66,8 +66,19 @@ class GenerateConfig:
 @dataclass
 class InspectConfig:
     path: str = ""  # required
+    labels: list[str] = field(default_factory=list)  # label sets to check against it and summarise
     decode: bool = False  # also decode every PNG (slow)
     json: bool = False
+
+
+@dataclass
+class ExportConfig:
+    """`rgvlm export`: raw episodes joined with label sets, written as one table per shard (docs/format.md)."""
+
+    in_path: str = ""  # required: raw dataset
+    labels: list[str] = field(default_factory=list)
+    out: str = ""  # required
+    overwrite: bool = False
 
 
 @dataclass
@@ -120,7 +131,7 @@ class LabelerConfig:
     overlap: int = 4  # actions shared by consecutive windows; each step is still scored once
     image_size: int = 112  # frames larger than this (longest side) are downscaled
     view: str = "frames"  # frames (agent view) | frames_full (top-down)
-    prompt_version: str = "v1"  # rgvlm_ray/labeling/prompts/<version>-*.txt
+    prompt_version: str = "v1"  # rgvlm_ray/labelers/prompts/<version>-*.txt
     reward_scale: float = 1.0  # rgvlm: reward = scale * score / 10 + shift (clip: see docs/labeling.md)
     reward_shift: float = 0.0
     num_samples: int = 1  # self-consistency: scoring samples per window (mean kept, std in score_std)
@@ -168,7 +179,12 @@ class LabelConfig:
     batch_timeout_s: float = (
         1800.0  # a batch taking longer is recorded as engine_error and the actor restarts
     )
-    lease_ttl_s: float = 600.0  # a dead run's leases expire after this; live runs renew every ttl/3
+    # A dead run's leases expire after this (at once if it ran on this host); live runs renew every ttl/6.
+    lease_ttl_s: float = 60.0
+    retry_errors: bool = (
+        False  # also relabel shards whose only errors were bad input (e.g. undecodable frames)
+    )
+    status: bool = False  # print what the output holds for every input shard, over all runs; label nothing
     num_cpus_per_check: float = 0.25
     chaos: str = (
         ""  # fault injection for rehearsals: crash-once:PATH | hang-once:PATH (rgvlm_ray/labeling/chaos.py)
@@ -186,7 +202,8 @@ class RelabelConfig:
 
 @dataclass
 class LabelReportConfig:
-    in_path: str = ""  # required: a labeled dataset
+    in_path: str = ""  # required: a dataset (raw, or exported with labels)
+    labels: list[str] = field(default_factory=list)  # label sets joined to it (rgvlm label --out)
     labeler: str = ""  # rgvlm | clip | oracle; empty: every labeler present
     out: str = "label-report"  # local folder for label_report.{md,json} and scores_hist.png
     json: bool = False
@@ -221,7 +238,8 @@ class IQLConfig:
 
 @dataclass
 class TrainConfig:
-    in_path: str = ""  # required: labeled episodes, folder or s3:// prefix
+    in_path: str = ""  # required: episodes, folder or s3:// prefix
+    labels: list[str] = field(default_factory=list)  # label sets joined to it (rgvlm label --out)
     out_path: str = ""  # required: run folder or s3:// prefix; checkpoints land here, a rerun resumes
     reward: str = "sparse"  # sparse | rgvlm | rgvlm+sparse | clip | oracle
     workers: int = 1
@@ -275,13 +293,15 @@ class StudyConfig:
 
     out: str = ""  # required: folder or s3:// prefix for data, labels, runs, evals, study.md and study.json
     in_path: str = ""  # raw dataset; empty: generated into OUT/data/raw with generate.* (reused if there)
-    # Labelers, run in this order as a chain (each labels the previous one's output): oracle | noisyNN (the
+    # Labelers, each labeling the raw data into its own label set OUT/data/labels-NAME: oracle | noisyNN (the
     # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | rgvlm (engine.*).
     labelers: list[str] = field(
         default_factory=lambda: ["oracle", "noisy10", "noisy30", "noisy60", "clip", "rgvlm"]
     )
     # Reward-mode templates; X is replaced by each labeler that succeeded. `sparse` always runs.
     modes: list[str] = field(default_factory=lambda: ["X", "X+sparse"])
+    # Per-labeler overrides of `modes`, e.g. {noisy30: [X+sparse]}: fewer arms where a mode says nothing new.
+    modes_for: dict[str, list[str]] = field(default_factory=dict)
     seeds: int = 3  # training runs per arm, train.seed = 0 .. seeds-1
     splits: list[str] = field(default_factory=lambda: ["seen", "randomized"])  # each run is evaluated on all
     contexts: list[int] = field(default_factory=lambda: [1])  # ablation: oracle+sparse at these iql.context
@@ -298,6 +318,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     label_episode: LabelEpisodeConfig = field(default_factory=LabelEpisodeConfig)

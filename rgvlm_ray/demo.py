@@ -1,9 +1,8 @@
 """`rgvlm run`: the end-to-end demo. Generate, label three ways, train IQL per reward source, evaluate by k,
 and write `report.md`.
 
-The labelers run in a chain (raw -> oracle -> clip -> rgvlm, each labeling the previous one's output), so the last
-labeled dataset carries every labeler's columns side by side, and each training run reads it with its own
-`train.reward`. The report labels every row from what the run wrote (`reward` in its checkpoint's run.json, copied
+Each labeler writes its own label set beside the raw data (data/labels-<labeler>: labels only, no frames), and
+each training run joins the raw data with the label sets its own `train.reward` names (`train.labels`). The report labels every row from what the run wrote (`reward` in its checkpoint's run.json, copied
 into eval.json), never from folder names or the configured list.
 
 Every stage is the production code path (the same functions as `rgvlm generate|label|train|evaluate|compare`),
@@ -30,13 +29,11 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.workspace import NOISE_WARNING, Workspace, has_shards, tiny_model
 
 log = logging.getLogger(__name__)
-# Labeled in this order, each from the previous one's output, so the last dataset carries every labeler's columns
-# side by side (the pipeline keeps the label columns of its input) and every reward mode trains from it.
 LABELERS = ("oracle", "clip", "rgvlm")
 
 
-def labeled_path(state: Workspace, labeler: str) -> str:
-    return state.path("data", f"labeled-{labeler}")
+def labels_path(state: Workspace, labeler: str) -> str:
+    return state.path("data", f"labels-{labeler}")
 
 
 def arm_name(reward: str) -> str:
@@ -58,7 +55,7 @@ def generate(state: Workspace) -> int:
 
 def models(state: Workspace) -> None:
     """Stand in tiny random models for the ones not configured, and remember that the labels are noise."""
-    from rgvlm_ray.labeling.tiny_vlm import build_clip, build_qwen2_vl
+    from rgvlm_ray.labelers.tiny_vlm import build_clip, build_qwen2_vl
 
     if not state.cfg.engine.model:
         state.tiny_vlm = True
@@ -68,8 +65,8 @@ def models(state: Workspace) -> None:
         state.cfg.run.clip_model = tiny_model(state, "tiny-clip", build_clip)
 
 
-def label(state: Workspace, labeler: str, in_path: str) -> int:
-    from rgvlm_ray.labeling import pipeline
+def label(state: Workspace, labeler: str) -> int:
+    from rgvlm_ray.labeling import job
 
     cfg = state.cfg
     engine = (
@@ -77,26 +74,27 @@ def label(state: Workspace, labeler: str, in_path: str) -> int:
         if labeler == "rgvlm"
         else replace(cfg.engine, kind=labeler, model=cfg.run.clip_model if labeler == "clip" else "")
     )
-    label_cfg = replace(cfg.label, in_path=in_path, out_path=labeled_path(state, labeler))
-    summary = pipeline.run(replace(cfg, engine=engine, label=label_cfg))
-    if pipeline.exit_code(summary, cfg.label.allow_quarantine) != 0:
+    label_cfg = replace(cfg.label, in_path=state.path("data", "raw"), out_path=labels_path(state, labeler))
+    summary = job.run(replace(cfg, engine=engine, label=label_cfg))
+    if job.exit_code(summary, cfg.label.allow_quarantine) != 0:
         raise RuntimeError(f"labeling with {labeler} did not complete: see {label_cfg.out_path}/summary.json")
     return summary["transitions"]
 
 
 def train(state: Workspace, reward: str) -> int:
-    """One IQL run on `reward` (train.reward), from the dataset that carries every labeler's columns."""
+    """One IQL run on `reward` (train.reward): the raw data joined with the label sets the reward names."""
     from rgvlm_ray.iql import trainer
+    from rgvlm_ray.iql.rewards import labelers_in
 
     cfg = state.cfg
     t = replace(
         cfg.train,
-        in_path=labeled_path(state, LABELERS[-1]),
+        in_path=state.path("data", "raw"),
+        labels=[labels_path(state, name) for name in labelers_in(reward)],
         out_path=state.path("runs", arm_name(reward)),
         reward=reward,
     )
-    if trainer.main(replace(cfg, train=t)) != 0:
-        raise RuntimeError(f"training with --reward {reward} failed")
+    trainer.train(replace(cfg, train=t))
     return cfg.train.steps
 
 
@@ -108,8 +106,7 @@ def evaluate(state: Workspace, reward: str) -> int:
     e = replace(
         cfg.eval, checkpoint=state.path("runs", name), out=state.path("eval", name), split=cfg.run.eval_split
     )
-    if ev.main(replace(cfg, eval=e)) != 0:
-        raise RuntimeError(f"evaluating {name} failed")
+    ev.evaluate(replace(cfg, eval=e))
     return 6 * cfg.eval.episodes_per_k
 
 
@@ -122,7 +119,7 @@ def compare(state: Workspace) -> None:
         out=state.path("compare"),
         title="IQL success by sub-task count, per reward source",
     )
-    cmp.main(replace(state.cfg, compare=c))
+    cmp.compare(replace(state.cfg, compare=c))
 
 
 def check_rewards(rewards: list[str]) -> None:
@@ -140,11 +137,12 @@ def check_rewards(rewards: list[str]) -> None:
         raise UsageError(f"run.rewards lists {duplicates} more than once")
 
 
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
+def run(cfg: Config) -> str:
+    """The whole demo into run.out; returns the path of report.md."""
     from rgvlm_ray.ray_utils import init_ray
 
-    require(cfg, "run.out")
+    if not cfg.run.out:
+        raise UsageError("the demo needs run.out (--out)")
     check_rewards(cfg.run.rewards)
     if storage.is_remote(cfg.run.out):
         raise UsageError("run.out must be a local folder (the demo writes report.md and plots there)")
@@ -155,14 +153,8 @@ def main(cfg: Config) -> int:
     models(state)
     if state.tiny_vlm:
         print(f"\nNOTE: {NOISE_WARNING}")
-    source = state.path("data", "raw")
     for labeler in LABELERS:
-        state.timed(
-            f"label ({labeler})",
-            "transitions",
-            lambda labeler=labeler, source=source: label(state, labeler, source),
-        )
-        source = labeled_path(state, labeler)
+        state.timed(f"label ({labeler})", "transitions", lambda labeler=labeler: label(state, labeler))
     for reward in cfg.run.rewards:
         state.timed(
             f"train ({reward})",
@@ -174,9 +166,5 @@ def main(cfg: Config) -> int:
         state.timed(f"evaluate ({reward})", "episodes", lambda reward=reward: evaluate(state, reward))
     compare(state)
     evals = [state.path("eval", arm_name(r)) for r in cfg.run.rewards]
-    final = labeled_path(state, LABELERS[-1])
-    path = write_report(state, time.perf_counter() - start, evals, final, list(LABELERS))
-    print(f"\nwrote {path}")
-    if state.tiny_vlm:
-        print(f"NOTE: {NOISE_WARNING}")
-    return 0
+    labels = {name: labels_path(state, name) for name in LABELERS}
+    return write_report(state, time.perf_counter() - start, evals, state.path("data", "raw"), labels)

@@ -7,9 +7,9 @@ import os
 import platform
 import time
 
+from rgvlm_ray import label_quality as label_report
 from rgvlm_ray.iql.compare import comparison_table, unique_labels
 from rgvlm_ray.iql.evaluate import plot_png
-from rgvlm_ray.labeling import report as label_report
 from rgvlm_ray.workspace import NOISE_WARNING, REAL_LVLM, Workspace
 
 
@@ -24,10 +24,10 @@ def _series(state: Workspace, evals: list[str]) -> dict[str, list[dict]]:
     return dict(zip(labels, (e["by_k"] for e in loaded), strict=True))
 
 
-def _label_quality(state: Workspace, labeled: str, labelers: list[str]) -> str:
+def _label_quality(state: Workspace, raw: str, labels: dict[str, str]) -> str:
     blocks = []
-    for labeler in labelers:
-        reports, table, _ = label_report.build(labeled, state.cfg.storage, labeler)
+    for labeler, label_set in labels.items():
+        reports, table, _ = label_report.build(raw, [label_set], state.cfg.storage, labeler)
         label_report.histogram(table, [labeler], state.path(f"scores_{labeler}.png"))
         blocks.append(label_report.markdown(reports) + f"\n![{labeler} scores](scores_{labeler}.png)\n")
     return "\n".join(blocks)
@@ -46,10 +46,8 @@ def half_width(n: int, p: float = 0.5) -> float:
     return 1.96 * (p * (1 - p) / max(n, 1)) ** 0.5
 
 
-def write_report(
-    state: Workspace, seconds: float, evals: list[str], labeled: str, labelers: list[str]
-) -> str:
-    """report.md from the evaluation folders `evals` and the labeled dataset `labeled` (carrying `labelers`)."""
+def write_report(state: Workspace, seconds: float, evals: list[str], raw: str, labels: dict[str, str]) -> str:
+    """report.md from the evaluation folders `evals`, the raw data and its label set per labeler."""
     cfg = state.cfg
     series = _series(state, evals)
     with open(state.path("success_by_k.png"), "wb") as f:
@@ -91,14 +89,13 @@ Spearman correlation of the cumulative labeled reward with true sub-task progres
 episodes), next to the same statistic with the episode's rewards shuffled in time (a null baseline), and the mean
 reward on steps that complete a sub-task against all other steps.
 
-{_label_quality(state, labeled, labelers)}
+{_label_quality(state, raw, labels)}
 ## Throughput of each stage
 
 {_throughput(state)}
 
-Files: data under `data/`, labeled datasets `data/labeled-*` (each with `_manifest.json` and `summary.json`; each
-labels the previous one's output, so `{os.path.relpath(labeled, state.out)}` carries every labeler's columns),
-training runs under `runs/`, evaluations under `eval/`, the comparison under `compare/`.
+Files: raw data under `{os.path.relpath(raw, state.out)}`, one label set per labeler under `data/labels-*` (labels
+only, joined to the raw data by shard and episode id; each with `_manifest.json` and `summary.json`), training runs under `runs/`, evaluations under `eval/`, the comparison under `compare/`.
 """
     path = state.path("report.md")
     with open(path, "w") as f:

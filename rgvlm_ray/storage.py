@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import posixpath
 import uuid
@@ -113,3 +114,17 @@ def atomic_open(path: str, cfg: StorageConfig | None = None) -> Iterator[IO[byte
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def content_identity(path: str, cfg: StorageConfig | None = None) -> str:
+    """ETag on S3 (no download); sha256 of the bytes locally."""
+    fs, p = get_fs(path, cfg)
+    if is_remote(path):
+        info = fs.info(p)
+        etag = str(info.get("ETag") or info.get("etag") or "").strip('"')
+        return f"etag:{etag}:{info.get('size')}"
+    digest = hashlib.sha256()
+    with open(p, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return f"sha256:{digest.hexdigest()}"

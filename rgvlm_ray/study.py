@@ -1,10 +1,10 @@
 """`rgvlm study`: the paper's experiment as one command on Ray (docs/study.md).
 
 1. Data: `study.in_path`, or a dataset generated into OUT/data/raw (reused when present).
-2. Labels: every labeler in `study.labelers`, as a chain: each labels the previous successful output, so the last
-   one carries every label column side by side (the labeling job keeps its input's label columns). A labeler
-   that fails is recorded and its arms are skipped; the others go on. `rgvlm label-report` statistics (Spearman
-   rho of the labels against true progress, and its shuffled baseline) come from the final dataset.
+2. Labels: every labeler in `study.labelers` labels the raw data into its own label set, OUT/data/labels-<name>.
+   A labeler that fails is recorded and its arms are skipped; the others go on. `rgvlm label-report` statistics
+   (Spearman rho of the labels against true progress, and its shuffled baseline) join every label set.
+   Each run joins the raw data with the label sets its reward names (`train.labels`).
 3. Arms: `sparse`; for each labeler X that succeeded and each template of `study.modes`, the mode with X put in;
    `oracle+sparse` at each `study.contexts` value (a history-length ablation). Each arm x seed is one Ray Train
    run in OUT/runs/<arm>/seed<i>, evaluated on every split into OUT/eval/<arm>/seed<i>/<split>. Up to
@@ -63,12 +63,20 @@ def substitute(template: str, labeler: str) -> str:
     return "+".join(labeler if term == TEMPLATE else term for term in template.split("+"))
 
 
-def plan_arms(labelers: list[str], modes: list[str], contexts: list[int], default_context: int) -> list[Arm]:
-    """Every arm for the labelers that succeeded, in report order: sparse, per labeler its modes, the ablation."""
+def plan_arms(
+    labelers: list[str],
+    modes: list[str],
+    contexts: list[int],
+    default_context: int,
+    modes_for: dict[str, list[str]] | None = None,
+) -> list[Arm]:
+    """Every arm for the labelers that succeeded, in report order: sparse, per labeler its modes (`modes`, or
+    `modes_for[labeler]`), the ablation."""
     d = default_context
     arms = [Arm("sparse", "sparse", d)]
     for x in labelers:
-        arms += [Arm(arm_name(substitute(t, x), d, d), substitute(t, x), d, x, t) for t in modes]
+        templates = (modes_for or {}).get(x, modes)
+        arms += [Arm(arm_name(substitute(t, x), d, d), substitute(t, x), d, x, t) for t in templates]
     if "oracle" in labelers:
         for c in contexts:
             if c != d:
@@ -84,12 +92,12 @@ def plan_arms(labelers: list[str], modes: list[str], contexts: list[int], defaul
 
 
 def validate(cfg: Config) -> None:
-    from rgvlm_ray.cli import require
     from rgvlm_ray.iql.rewards import reward_terms
-    from rgvlm_ray.labeling.engines import LVLM_ENGINES
+    from rgvlm_ray.labelers.engines import LVLM_ENGINES
 
-    require(cfg, "study.out")
     s = cfg.study
+    if not s.out:
+        raise UsageError("the study needs study.out (--out)")
     for name in s.labelers:
         if name not in FIXED_LABELERS and fmt.noisy_percent(name) is None:
             raise UsageError(
@@ -97,7 +105,10 @@ def validate(cfg: Config) -> None:
             )
     if len(set(s.labelers)) != len(s.labelers):
         raise UsageError(f"study.labelers lists a labeler twice: {s.labelers}")
-    for template in s.modes:
+    unknown = sorted(set(s.modes_for) - set(s.labelers))
+    if unknown:
+        raise UsageError(f"study.modes_for names labelers the study does not run: {unknown}")
+    for template in [*s.modes, *(t for ts in s.modes_for.values() for t in ts)]:
         if TEMPLATE not in template.split("+"):
             raise UsageError(f"study.modes: {template!r} has no {TEMPLATE} term (e.g. X or X+sparse)")
         reward_terms(substitute(template, "oracle"))  # UsageError for a malformed mode
@@ -154,7 +165,7 @@ def raw_data(ws: Workspace) -> str:
 
 def models(ws: Workspace) -> None:
     """Tiny random stand-ins for the models a listed labeler needs and the config leaves empty (noise)."""
-    from rgvlm_ray.labeling.tiny_vlm import build_clip, build_qwen2_vl
+    from rgvlm_ray.labelers.tiny_vlm import build_clip, build_qwen2_vl
 
     cfg = ws.cfg
     if "rgvlm" in cfg.study.labelers and not cfg.engine.model:
@@ -179,16 +190,30 @@ def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfi
     return cfg.engine, cfg.labeler  # rgvlm: the configured LVLM engine
 
 
+@dataclass
+class Corpus:
+    """The raw dataset and one label set per labeler that succeeded."""
+
+    raw: str
+    labels: dict[str, str]
+
+    def labels_for(self, reward: str) -> list[str]:
+        """The label sets a reward mode reads: only those its terms name."""
+        from rgvlm_ray.iql.rewards import labelers_in
+
+        return [self.labels[name] for name in labelers_in(reward)]
+
+
 def label_one(ws: Workspace, name: str, in_path: str, out_path: str) -> dict[str, Any]:
-    from rgvlm_ray.labeling import pipeline
+    from rgvlm_ray.labeling import job
 
     cfg = ws.cfg
     engine, labeler = labeler_settings(cfg, name)
     label = replace(cfg.label, in_path=in_path, out_path=out_path)
     if engine.kind in ("oracle", "noisy_oracle"):  # computed from the data: no GPU to hold
         label = replace(label, num_gpus_per_actor=0.0)
-    summary = pipeline.run(replace(cfg, engine=engine, labeler=labeler, label=label))
-    code = pipeline.exit_code(summary, cfg.label.allow_quarantine)
+    summary = job.run(replace(cfg, engine=engine, labeler=labeler, label=label))
+    code = job.exit_code(summary, cfg.label.allow_quarantine)
     if code != 0:
         raise RuntimeError(f"the labeling job exited {code}: see {storage.join(out_path, 'summary.json')}")
     if summary["labeler"] != name:
@@ -206,23 +231,23 @@ def error_summary(exc: BaseException, limit: int = 400) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def label_chain(ws: Workspace, raw: str) -> tuple[dict[str, dict[str, Any]], str]:
-    """Label with every labeler, each from the last successful output. Returns (outcome per labeler, the final
-    dataset). A failure is recorded, not raised: the chain goes on from the previous dataset."""
+def label_all(ws: Workspace, raw: str) -> tuple[dict[str, dict[str, Any]], Corpus]:
+    """Label the raw dataset with every labeler, each into its own label set (data/labels-NAME). A failure is
+    recorded, not raised: that labeler's arms are skipped."""
     outcome: dict[str, dict[str, Any]] = {}
-    current = raw
+    corpus = Corpus(raw, {})
     for name in ws.cfg.study.labelers:
-        out = ws.path("data", f"labeled-{name}")
+        out = ws.path("data", f"labels-{name}")
         start = time.perf_counter()
-        print(f"\n=== label ({name}) from {current} ===", flush=True)
+        print(f"\n=== label ({name}) {raw} -> {out} ===", flush=True)
         try:
-            summary = label_one(ws, name, current, out)
+            summary = label_one(ws, name, raw, out)
         except Exception as exc:  # one broken labeler must not sink the study: its arms are skipped
             log.exception("labeling with %s failed; its arms are skipped", name)
             outcome[name] = {
                 "status": "failed",
                 "error": error_summary(exc),
-                "in": current,
+                "in": raw,
                 "out": out,
                 "seconds": round(time.perf_counter() - start, 1),
             }
@@ -231,25 +256,25 @@ def label_chain(ws: Workspace, raw: str) -> tuple[dict[str, dict[str, Any]], str
         ws.stages.append(Stage(f"label ({name})", seconds, summary["transitions"], "transitions"))
         outcome[name] = {
             "status": "ok",
-            "in": current,
+            "in": raw,
             "out": out,
             "seconds": round(seconds, 1),
             "transitions": summary["transitions"],
             "shards_labeled": summary["shards"]["labeled"],
             "shards_current": summary["shards"]["skipped_current"],
         }
-        current = out
-    return outcome, current
+        corpus.labels[name] = out
+    return outcome, corpus
 
 
-def label_quality(ws: Workspace, labeled: str, names: list[str]) -> dict[str, Any]:
+def label_quality(ws: Workspace, corpus: Corpus, names: list[str]) -> dict[str, Any]:
     """Per labeler: Spearman rho of cumulative labels vs. true progress (mean over k) and the shuffled baseline."""
-    from rgvlm_ray.labeling import report as label_report
+    from rgvlm_ray import label_quality as label_report
 
     if not names:
         return {"reports": [], "by_labeler": {}}
     try:
-        reports, _, _ = label_report.build(labeled, ws.cfg.storage)
+        reports, _, _ = label_report.build(corpus.raw, list(corpus.labels.values()), ws.cfg.storage)
     except UsageError as exc:
         return {"error": str(exc), "reports": [], "by_labeler": {}}
     reports = [r for r in reports if r["labeler"] in names]
@@ -276,11 +301,12 @@ def eval_dir(ws: Workspace, arm: Arm, seed: int, split: str) -> str:
     return ws.path("eval", arm.name, f"seed{seed}", split)
 
 
-def run_config(ws: Workspace, arm: Arm, seed: int, in_path: str, cpus: float) -> Config:
+def run_config(ws: Workspace, arm: Arm, seed: int, corpus: Corpus, cpus: float) -> Config:
     cfg = ws.cfg
     train = replace(
         cfg.train,
-        in_path=in_path,
+        in_path=corpus.raw,
+        labels=corpus.labels_for(arm.reward),
         out_path=run_dir(ws, arm, seed),
         reward=arm.reward,
         seed=seed,
@@ -382,13 +408,13 @@ class Clock:
 
 
 def run_arm_seed(
-    ws: Workspace, arm: Arm, seed: int, in_path: str, cpus: float, clock: Clock
+    ws: Workspace, arm: Arm, seed: int, corpus: Corpus, cpus: float, clock: Clock
 ) -> dict[str, Any]:
     """Train (unless finished), read the checkpoint back, and evaluate on every split (unless done)."""
     from rgvlm_ray.iql import evaluate, trainer
     from rgvlm_ray.iql.checkpoint import latest_checkpoint
 
-    cfg = run_config(ws, arm, seed, in_path, cpus)
+    cfg = run_config(ws, arm, seed, corpus, cpus)
     run = cfg.train.out_path
     record: dict[str, Any] = {"arm": arm.name, "seed": seed, "run": run, "start_s": clock.now()}
     if finished_step(run, cfg) is not None:
@@ -398,12 +424,10 @@ def run_arm_seed(
         record["train_start_s"] = clock.now()
         clock.enter()
         try:
-            code = trainer.main(cfg)
+            trainer.train(cfg)
         finally:
             clock.leave()
         record["train_end_s"] = clock.now()
-        if code != 0:
-            raise RuntimeError(f"training {run} exited {code}")
     checkpoint = latest_checkpoint(run, cfg.storage)
     if checkpoint is None:
         raise RuntimeError(f"training {run} wrote no checkpoint")
@@ -417,9 +441,7 @@ def run_arm_seed(
         reused, start = ev is not None, time.perf_counter()
         if ev is None:
             e = replace(cfg.eval, checkpoint=checkpoint, out=out, split=split)
-            code = evaluate.main(replace(cfg, eval=e))
-            if code != 0:
-                raise RuntimeError(f"evaluating {checkpoint} on {split} exited {code}")
+            evaluate.evaluate(replace(cfg, eval=e))
             ev = reusable_eval(out, back["step"], cfg, split)
             if ev is None:
                 raise RuntimeError(f"evaluating {checkpoint} on {split} left no matching eval.json in {out}")
@@ -440,7 +462,7 @@ def run_arm_seed(
     return record
 
 
-def run_arms(ws: Workspace, arms: list[Arm], in_path: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_arms(ws: Workspace, arms: list[Arm], corpus: Corpus) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Every arm x seed, `study.parallel` at a time. Raises after all have finished if any failed."""
     cpus = cpus_per_worker(ws.cfg)
     clock = Clock()
@@ -453,7 +475,7 @@ def run_arms(ws: Workspace, arms: list[Arm], in_path: str) -> tuple[list[dict[st
     records, errors = [], []
     with concurrent.futures.ThreadPoolExecutor(ws.cfg.study.parallel, thread_name_prefix="study") as pool:
         futures = {
-            pool.submit(run_arm_seed, ws, arm, seed, in_path, cpus, clock): (arm, seed) for arm, seed in jobs
+            pool.submit(run_arm_seed, ws, arm, seed, corpus, cpus, clock): (arm, seed) for arm, seed in jobs
         }
         for future in concurrent.futures.as_completed(futures):
             arm, seed = futures[future]
@@ -506,11 +528,11 @@ def run(cfg: Config) -> dict[str, Any]:
     models(ws)
     if ws.tiny_vlm:
         print(f"\nNOTE: {NOISE_WARNING}")
-    outcome, labeled = label_chain(ws, raw)
+    outcome, corpus = label_all(ws, raw)
     ok = [name for name in cfg.study.labelers if outcome[name]["status"] == "ok"]
-    quality = label_quality(ws, labeled, ok)
-    arms = plan_arms(ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context)
-    records, timing = run_arms(ws, arms, labeled)
+    quality = label_quality(ws, corpus, ok)
+    arms = plan_arms(ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context, dict(cfg.study.modes_for))
+    records, timing = run_arms(ws, arms, corpus)
     ws.stages.append(Stage("train + evaluate (all runs)", timing["seconds"], len(records), "runs"))
     study = {
         "out": out,
@@ -534,7 +556,7 @@ def run(cfg: Config) -> dict[str, Any]:
         },
         "tiny_vlm": ws.tiny_vlm,
         "tiny_clip": ws.tiny_clip,
-        "data": {"raw": raw, "labeled": labeled},
+        "data": {"raw": raw, "labels": corpus.labels},
         "labelers": outcome,
         "label_quality": quality,
         "arms": [asdict(a) for a in arms],
@@ -549,21 +571,3 @@ def run(cfg: Config) -> dict[str, Any]:
     files["study.json"] = json.dumps(study, indent=2, default=str).encode()
     write_outputs(out, files, cfg.storage)
     return study
-
-
-def main(cfg: Config) -> int:
-    study = run(cfg)
-    reused = study["reused"]
-    trained = study["timing"]["trainings_run"]
-    print(
-        f"\nruns: {len(study['runs'])}; trained {trained}, reused {len(reused['train'])}; evaluations reused "
-        f"{len(reused['eval'])}; at most {study['timing']['max_concurrent_trainings']} trainings at once"
-    )
-    print(f"wrote study.md, study.json and plots to {study['out']}")
-    if study["tiny_vlm"]:
-        print(f"NOTE: {NOISE_WARNING}")
-    if study["skipped_labelers"]:
-        for name in study["skipped_labelers"]:
-            print(f"labeler {name} FAILED, its arms were skipped: {study['labelers'][name]['error']}")
-        return 1
-    return 0

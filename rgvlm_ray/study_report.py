@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from rgvlm_ray import label_quality as label_report
 from rgvlm_ray.iql.evaluate import KS, plot_png
-from rgvlm_ray.labeling import report as label_report
 from rgvlm_ray.workspace import NOISE_WARNING
 
 CONFIDENCE = 0.95
@@ -221,7 +221,7 @@ def targets(study: dict[str, Any], split: str) -> str:
         d, c = stat("oracle+sparse", [k for k in KS if k >= 2]), stat(label, [k for k in KS if k >= 2])
         lines.append(
             f"- context {default} vs {label.split(', ')[1]} with `oracle+sparse`, k >= 2: {d[0]:.3f} vs {c[0]:.3f}; "
-            f"context {default} is {_verdict(d, c)}."
+            f"context {default}: {_verdict(d, c)}."
         )
     noisy = sorted((fmt_noise(label), label) for label in runs if fmt_noise(label) is not None)
     if noisy:
@@ -242,7 +242,7 @@ def targets(study: dict[str, Any], split: str) -> str:
 
 def fmt_noise(label: str) -> float | None:
     """The noise of a `noisyNN+sparse` row (default context), else None."""
-    from rgvlm_ray.labeling.noisy_oracle import noise_of
+    from rgvlm_ray.labelers.noisy_oracle import noise_of
 
     if not label.endswith("+sparse") or "," in label:
         return None
@@ -252,7 +252,7 @@ def fmt_noise(label: str) -> float | None:
 def labelers_section(study: dict[str, Any]) -> str:
     quality = study["label_quality"].get("by_labeler", {})
     lines = [
-        "| labeler | status | Spearman rho | shuffled baseline | labeled from | seconds |",
+        "| labeler | status | Spearman rho | shuffled baseline | label set | seconds |",
         "|---|---|---|---|---|---|",
     ]
     fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
@@ -261,7 +261,7 @@ def labelers_section(study: dict[str, Any]) -> str:
         status = "ok" if o["status"] == "ok" else f"**FAILED**: {o['error']} (its arms were skipped)"
         lines.append(
             f"| {name} | {status} | {fmt(q.get('spearman'))} | {fmt(q.get('spearman_shuffled'))} "
-            f"| `{o['in']}` | {o['seconds']} |"
+            f"| `{o['out']}` | {o['seconds']} |"
         )
     text = "\n".join(lines) + "\n"
     if study["label_quality"].get("error"):
@@ -342,7 +342,7 @@ def markdown(study: dict[str, Any]) -> str:
             told_apart(study, split),
         ]
     parts += [
-        "## Labelers (label quality from `rgvlm label-report` on the final dataset)",
+        "## Labelers (label quality from `rgvlm label-report` over the joined label sets)",
         "",
         labelers_section(study),
     ]
@@ -351,8 +351,7 @@ def markdown(study: dict[str, Any]) -> str:
         parts += [label_report.markdown(reports)]
     parts += ["## Runs and timing", "", runs_section(study)]
     parts += [
-        "Files: raw data and the labeling chain under `data/` (`data/labeled-<labeler>`, each from the previous "
-        "one), runs under `runs/<arm>/seed<i>`, evaluations under `eval/<arm>/seed<i>/<split>`, everything above "
+        "Files: raw data and one label set per labeler under `data/` (`data/raw`, `data/labels-<labeler>`), runs under `runs/<arm>/seed<i>`, evaluations under `eval/<arm>/seed<i>/<split>`, everything above "
         "as JSON in `study.json`.",
         "",
     ]

@@ -14,14 +14,14 @@ from rgvlm_ray.config import Config, EngineConfig, LabelerConfig, load_config
 
 @functools.cache
 def tiny_qwen_dir() -> str:
-    from rgvlm_ray.labeling.tiny_vlm import build_qwen2_vl
+    from rgvlm_ray.labelers.tiny_vlm import build_qwen2_vl
 
     return str(build_qwen2_vl(Path(tempfile.mkdtemp(prefix="rgvlm-tiny-qwen-")) / "vlm"))
 
 
 @functools.cache
 def tiny_clip_dir() -> str:
-    from rgvlm_ray.labeling.tiny_vlm import build_clip
+    from rgvlm_ray.labelers.tiny_vlm import build_clip
 
     return str(build_clip(Path(tempfile.mkdtemp(prefix="rgvlm-tiny-clip-")) / "clip"))
 

@@ -34,7 +34,7 @@ CPU_IMAGE = f"ghcr.io/rgvlm/rgvlm-ray:{VERSION}-cpu"
 YAML_FILES = sorted(REPO.glob("cluster/**/*.yaml")) + sorted(REPO.glob("jobs/*.yaml"))
 DOCKERFILES = {"Dockerfile.gpu": "vllm", "Dockerfile.cpu": "dev"}  # file -> the extra it installs
 CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
-PATH_FLAGS = {"--in", "--out", "--train-root", "--checkpoint"}
+PATH_FLAGS = {"--in", "--out", "--labels", "--train-root", "--checkpoint"}
 SHELL_OPS = {"&&", "||", ";", "|", "&"}
 
 # Spec fields of KubeRay v1.6 (ray.io/v1), from its Go API types: a misspelled field is dropped silently by

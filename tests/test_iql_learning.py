@@ -18,7 +18,7 @@ from rgvlm_ray.iql.evaluate import checkpoint_policy, random_policy, run_mission
 from rgvlm_ray.iql.model import IQLNet, ModelSpec
 from rgvlm_ray.iql.update import ReplayBuffer, fit
 from rgvlm_ray.iql.vocab import Vocab
-from rgvlm_ray.labeling.oracle import oracle_label
+from rgvlm_ray.labelers.oracle import oracle_label
 
 EPISODES, STEPS, EVAL_MISSIONS = 40, 500, 30
 

@@ -127,8 +127,8 @@ def test_missing_reward_column_names_the_labeling_command() -> None:
 
 
 def test_reward_modes_combine_any_labeler_with_sparse() -> None:
-    from rgvlm_ray.labeling.noisy_oracle import noisy_label
-    from rgvlm_ray.labeling.oracle import oracle_label
+    from rgvlm_ray.labelers.noisy_oracle import noisy_label
+    from rgvlm_ray.labelers.oracle import oracle_label
     from tests.helpers import generated_table
 
     row = next(r for r in generated_table(episodes=9, subtasks="1-3").to_pylist() if r["num_subtasks"] >= 2)

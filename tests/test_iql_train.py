@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from rgvlm_ray.cli import main as cli
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy
-from rgvlm_ray.labeling.oracle import oracle_label
+from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table
 
 TINY = ["iql.batch_size=32", "iql.hidden=32", "iql.embed_dim=8", "train.log_every=2"]

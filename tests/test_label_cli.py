@@ -21,7 +21,7 @@ def test_make_tiny_vlm_builds_a_loadable_model(tmp_path, capsys):
     assert rc == 0 and out["bytes"] < 2_000_000
     from transformers import AutoModelForImageTextToText
 
-    from rgvlm_ray.labeling.engines.hf import load_processor
+    from rgvlm_ray.labelers.engines.hf import load_processor
 
     processor = load_processor(str(tmp_path / "m"))
     model = AutoModelForImageTextToText.from_pretrained(str(tmp_path / "m"))

@@ -9,10 +9,10 @@ import pyarrow as pa
 import pytest
 
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.labeling import build_labeler
-from rgvlm_ray.labeling.engines import ChatRequest
-from rgvlm_ray.labeling.engines.hf import HFEngine, load_processor
-from rgvlm_ray.labeling.prompts import scores_schema
+from rgvlm_ray.labelers import build_labeler
+from rgvlm_ray.labelers.engines import ChatRequest
+from rgvlm_ray.labelers.engines.hf import HFEngine, load_processor
+from rgvlm_ray.labelers.prompts import scores_schema
 from tests.label_fixtures import episodes, hf_config, tiny_qwen_dir
 
 COL = lambda suffix: fmt.label_column("rgvlm", suffix)  # noqa: E731
@@ -75,7 +75,7 @@ def test_bad_episodes_are_kept_with_an_error_and_do_not_stop_the_batch():
     out = labeler.label_rows([corrupt, no_view, short])
     labeler.close()
     assert out[0][COL("episode_status")] == "ok"  # frames_full is fine, `frames` is not used
-    assert out[1][COL("episode_status")] == "error"
+    assert out[1][COL("episode_status")] == "bad_input"
     assert "frames_full" in out[1][COL("episode_error")] and "full_view" in out[1][COL("episode_error")]
     assert out[1][COL("score")] == [None] * len(short["actions"])
     assert out[1][COL("status")] == ["error"] * len(short["actions"])
@@ -84,7 +84,7 @@ def test_bad_episodes_are_kept_with_an_error_and_do_not_stop_the_batch():
     labeler = build_labeler(*hf_config())
     bad = labeler.label_rows([corrupt, short])
     labeler.close()
-    assert bad[0][COL("episode_status")] == "error" and "frame 0" in bad[0][COL("episode_error")]
+    assert bad[0][COL("episode_status")] == "bad_input" and "frame 0" in bad[0][COL("episode_error")]
     assert bad[1][COL("episode_status")] == "ok"
 
 
@@ -100,7 +100,7 @@ def test_injected_goal_cannot_break_the_output():
     # The goal cannot open or close a chat turn: the prompt holds exactly the template's own markers.
     processor = labeler.engine.processor
     conv = ep.windows[0].stage2
-    from rgvlm_ray.labeling.engines.hf import to_hf_messages
+    from rgvlm_ray.labelers.engines.hf import to_hf_messages
 
     text = processor.apply_chat_template(to_hf_messages(conv), tokenize=False, add_generation_prompt=True)
     assert text.count("<|im_start|>") == len(conv) + 1

@@ -14,10 +14,10 @@ import pytest
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.labeling import build_labeler
-from rgvlm_ray.labeling.engines import ChatRequest
-from rgvlm_ray.labeling.engines.openai import OpenAIEngine
-from rgvlm_ray.labeling.prompts import scores_schema
+from rgvlm_ray.labelers import build_labeler
+from rgvlm_ray.labelers.engines import ChatRequest
+from rgvlm_ray.labelers.engines.openai import OpenAIEngine
+from rgvlm_ray.labelers.prompts import scores_schema
 from tests.label_fixtures import episodes
 
 COL = lambda suffix: fmt.label_column("rgvlm", suffix)  # noqa: E731
@@ -249,7 +249,7 @@ def test_malformed_replies_are_retried_then_recorded(server):
 
 
 def test_odd_reply_bodies_are_errors_not_crashes():
-    from rgvlm_ray.labeling.engines.openai import parse_response
+    from rgvlm_ray.labelers.engines.openai import parse_response
 
     assert parse_response([1, 2]).error.startswith("reply is not a JSON object")
     assert "choices" in parse_response({"choices": []}).error

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from rgvlm_ray.labeling import prompts
-from rgvlm_ray.labeling.parsing import parse_scores
+from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.parsing import parse_scores
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ from PIL import Image
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import labeler_fingerprint, prompts
+from rgvlm_ray.labelers import labeler_fingerprint, prompts
 from tests.label_fixtures import tiny_qwen_dir
 
 
@@ -41,7 +41,7 @@ def test_stage2_extends_stage1_verbatim():
 
 def test_stage2_prompt_tokens_start_with_the_stage1_prompt():
     """What a prefix cache needs: the rendered stage-1 prompt is a token prefix of the stage-2 prompt."""
-    from rgvlm_ray.labeling.engines.hf import load_processor, to_hf_messages
+    from rgvlm_ray.labelers.engines.hf import load_processor, to_hf_messages
 
     processor = load_processor(tiny_qwen_dir())
     s1 = _conv()

@@ -7,8 +7,8 @@ import pytest
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.labeling import build_labeler, labeler_fingerprint
-from rgvlm_ray.labeling.images import decode_frames
+from rgvlm_ray.labelers import build_labeler, labeler_fingerprint
+from rgvlm_ray.labelers.images import decode_frames
 from tests.label_fixtures import episodes, tiny_clip_dir
 
 
@@ -53,7 +53,9 @@ def test_clip_bad_episode_is_an_error_row():
     labeler = build_labeler(c.engine, c.labeler)
     _, short = episodes()
     out = labeler.label_rows([dict(short, frames_full=None), short])
-    assert out[0]["clip_episode_status"] == "error" and out[0]["clip_score"] == [None] * len(short["actions"])
+    assert out[0]["clip_episode_status"] == "bad_input" and out[0]["clip_score"] == [None] * len(
+        short["actions"]
+    )
     assert out[1]["clip_episode_status"] == "ok"
 
 
@@ -66,7 +68,7 @@ def test_oracle_columns_and_missing_progress():
     pa.Table.from_pylist(out, schema=fmt.label_schema("oracle"))
     for row, cols in zip(rows, out, strict=False):
         assert sum(cols["oracle_reward"]) == row["progress"][-1]  # one reward per completed sub-task
-    assert out[2]["oracle_episode_status"] == "error" and "progress" in out[2]["oracle_episode_error"]
+    assert out[2]["oracle_episode_status"] == "bad_input" and "progress" in out[2]["oracle_episode_error"]
 
 
 @pytest.mark.parametrize("kind", ["oracle", "clip"])

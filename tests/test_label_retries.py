@@ -7,10 +7,10 @@ from dataclasses import replace
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.labeling import labeler_fingerprint
-from rgvlm_ray.labeling.engines import ChatRequest, Completion
-from rgvlm_ray.labeling.labeler import RGVLMLabeler
-from rgvlm_ray.labeling.windows import make_windows, owners
+from rgvlm_ray.labelers import labeler_fingerprint
+from rgvlm_ray.labelers.engines import ChatRequest, Completion
+from rgvlm_ray.labelers.labeler import RGVLMLabeler
+from rgvlm_ray.labelers.windows import make_windows, owners
 from tests.label_fixtures import episodes
 
 COL = lambda suffix: fmt.label_column("rgvlm", suffix)  # noqa: E731

@@ -10,16 +10,16 @@ from PIL import Image
 
 from rgvlm_ray.config import load_config
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import build_labeler
-from rgvlm_ray.labeling.engines import ChatRequest, EngineError, EngineTimeout
-from rgvlm_ray.labeling.engines.vllm import (
+from rgvlm_ray.labelers import build_labeler
+from rgvlm_ray.labelers.engines import ChatRequest, EngineError, EngineTimeout
+from rgvlm_ray.labelers.engines.vllm import (
     call_with_timeout,
     llm_kwargs,
     sampling_kwargs,
     to_completion,
     to_vllm_messages,
 )
-from rgvlm_ray.labeling.prompts import scores_schema
+from rgvlm_ray.labelers.prompts import scores_schema
 
 
 def cfg():

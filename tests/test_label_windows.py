@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling.windows import make_windows, owners
+from rgvlm_ray.labelers.windows import make_windows, owners
 
 
 def test_300_step_episode_every_step_covered_exactly_once():

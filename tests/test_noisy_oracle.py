@@ -12,9 +12,9 @@ from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.rewards import episode_rewards
-from rgvlm_ray.labeling.labeler import build_labeler, check_config, labeler_fingerprint, labeler_name
-from rgvlm_ray.labeling.noisy_oracle import noise_of, noisy_label, noisy_name
-from rgvlm_ray.labeling.oracle import oracle_label
+from rgvlm_ray.labelers.labeler import build_labeler, check_config, labeler_fingerprint, labeler_name
+from rgvlm_ray.labelers.noisy_oracle import noise_of, noisy_label, noisy_name
+from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table
 from tests.test_pipeline_label import label, read_output, summary_of, write_dataset
 
@@ -123,7 +123,7 @@ def test_labeler_is_named_by_level_and_fingerprints_level_and_seed() -> None:
     good, bad = labeler.label_rows([row, no_progress])
     pa.Table.from_pylist([good, bad], schema=fmt.label_schema("noisy60"))  # the declared types hold
     assert good["noisy60_episode_status"] == "ok" and good["noisy60_fingerprint"] == labeler.fingerprint
-    assert bad["noisy60_episode_status"] == "error" and "progress" in bad["noisy60_episode_error"]
+    assert bad["noisy60_episode_status"] == "bad_input" and "progress" in bad["noisy60_episode_error"]
     assert labeler.stats()["errors"] == 1
 
 
@@ -150,7 +150,7 @@ def test_label_job_writes_noisy_columns_that_train_reward_modes_read(ray_cluster
     src, out = str(tmp_path / "raw"), str(tmp_path / "labeled")
     write_dataset(src)  # 3 shards of 3, the table test_pipeline_label caches
     assert label(src, out, "--engine", "noisy_oracle", "labeler.oracle_noise=0.3", "--actors", "1") == 0
-    table = read_output(out)
+    table = read_output(src, out)
     assert fmt.labelers_present(table.schema) == ["noisy30"]
     assert summary_of(out)["labeler"] == "noisy30" and summary_of(out)["episodes"]["labeled"] == 9
     for row in table.to_pylist():

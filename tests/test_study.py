@@ -13,7 +13,7 @@ from scipy import stats
 
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import load_config
-from rgvlm_ray.study import Arm, check_treatment, labeler_settings, plan_arms, run_config
+from rgvlm_ray.study import Arm, Corpus, check_treatment, labeler_settings, plan_arms, run_config
 from rgvlm_ray.study_report import figure4_table, markdown, mean_ci, targets, told_apart
 from rgvlm_ray.workspace import Workspace
 
@@ -50,12 +50,22 @@ def test_plan_arms_puts_each_labeler_into_each_mode_and_adds_the_context_ablatio
     assert arms[-1].ablation and arms[-1].labeler == "oracle"
     # Each arm x seed trains with the arm's own reward, context and seed, into its own folder.
     ws = Workspace(load_config(dotlist=["iql.context=8"]), "/out")
-    cfg = run_config(ws, arms[-1], 2, "/out/data/labeled-noisy30", 0.5)
+    corpus = Corpus(
+        "/out/data/raw", {"oracle": "/out/data/labels-oracle", "noisy30": "/out/data/labels-noisy30"}
+    )
+    cfg = run_config(ws, arms[-1], 2, corpus, 0.5)
     assert (cfg.train.reward, cfg.iql.context, cfg.train.seed) == ("oracle+sparse", 1, 2)
+    # it joins the raw data with the label set its reward names, and no other
+    assert cfg.train.in_path == "/out/data/raw" and cfg.train.labels == ["/out/data/labels-oracle"]
     assert cfg.train.out_path == "/out/runs/oracle_sparse-ctx1/seed2" and cfg.train.cpus_per_worker == 0.5
     assert ws.cfg.iql.context == 8 and ws.cfg.train.reward == "sparse"  # the shared config is left alone
     # Without a successful oracle there is no ablation; a failed labeler simply has no arms.
     assert [a.name for a in plan_arms(["clip"], ["X+sparse"], [1], 8)] == ["sparse", "clip_sparse"]
+    # A labeler can have its own modes (study.modes_for): here the noisy oracle only in X+sparse.
+    names = [
+        a.name for a in plan_arms(["oracle", "noisy30"], ["X", "X+sparse"], [8], 8, {"noisy30": ["X+sparse"]})
+    ]
+    assert names == ["sparse", "oracle", "oracle_sparse", "noisy30_sparse"]
 
 
 def test_labeler_settings_pick_the_engine_that_writes_the_labelers_columns():

@@ -53,7 +53,7 @@ NULLABLE_COLUMNS = {"progress", "frames_full", "symbolic", "directions"}  # unkn
 # Label columns: every labeler (rgvlm, clip, oracle, noisyNN) writes the same suffixes under its own prefix,
 # so one dataset can carry several labelings and `train --reward MODE` picks one by name.
 LABELERS = ("rgvlm", "clip", "oracle")
-# The noisy oracle (rgvlm_ray/labeling/noisy_oracle.py) names itself after its noise level, `noisy` + round(100p)
+# The noisy oracle (rgvlm_ray/labelers/noisy_oracle.py) names itself after its noise level, `noisy` + round(100p)
 # as two digits (noisy10, noisy30, noisy100), so several levels sit side by side on one dataset.
 NOISY_PREFIX = "noisy"
 _NOISY_NAME = re.compile(rf"^{NOISY_PREFIX}(\d{{2,3}})$")
@@ -67,7 +67,7 @@ LABEL_FIELDS: dict[str, pa.DataType] = {
     "message": pa.list_(pa.string()),
     "analysis": pa.list_(pa.string()),  # stage-1 text, one per window
     "fingerprint": pa.string(),
-    "episode_status": pa.string(),  # ok | error (episode could not be labeled at all)
+    "episode_status": pa.string(),  # ok | bad_input (input cannot be labeled) | error (engine failed)
     "episode_error": pa.string(),
 }
 
@@ -104,10 +104,21 @@ def _noisy_labelers(names: Iterable[str], suffixes: Iterable[str]) -> list[str]:
     return sorted(found, key=lambda n: noisy_percent(n) or 0)
 
 
-def labelers_present(schema: pa.Schema) -> list[str]:
+def labelers_in_columns(names: Iterable[str]) -> list[str]:
+    """Labeler prefixes that own at least one label column among `names`."""
+    found = set()
+    for name in names:
+        prefix, _, suffix = name.partition("_")
+        if suffix in LABEL_FIELDS and is_labeler(prefix):
+            found.add(prefix)
+    return sorted(found)
+
+
+def labelers_present(schema: pa.Schema | Iterable[str]) -> list[str]:
     """Labelers with a reward column: the fixed ones (rgvlm, clip, oracle) first, then noisyNN by level."""
-    fixed = [name for name in LABELERS if label_column(name, "reward") in schema.names]
-    return fixed + _noisy_labelers(schema.names, ("reward",))
+    names = list(schema.names if isinstance(schema, pa.Schema) else schema)
+    fixed = [name for name in LABELERS if label_column(name, "reward") in names]
+    return fixed + _noisy_labelers(names, ("reward",))
 
 
 class FormatError(ValueError):
@@ -145,13 +156,17 @@ def with_version(table: pa.Table) -> pa.Table:
     return table.replace_schema_metadata(meta)
 
 
-def write_shard(table: pa.Table, path: str, cfg: StorageConfig | None = None) -> int:
-    """Atomically write one shard (local or s3://). Returns bytes written."""
-    table = with_version(conform(table))
+def shard_bytes(table: pa.Table) -> bytes:
+    """One shard as Parquet bytes, in the canonical types and with the schema version."""
     buf = io.BytesIO()
     # Row groups of a few episodes keep readers' memory bounded; frames are already PNG-compressed.
-    pq.write_table(table, buf, row_group_size=16, compression="zstd")
-    data = buf.getvalue()
+    pq.write_table(with_version(conform(table)), buf, row_group_size=16, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(table: pa.Table, path: str, cfg: StorageConfig | None = None) -> int:
+    """Atomically write one shard (local or s3://). Returns bytes written."""
+    data = shard_bytes(table)
     with storage.atomic_open(path, cfg) as f:
         f.write(data)
     return len(data)
@@ -160,8 +175,11 @@ def write_shard(table: pa.Table, path: str, cfg: StorageConfig | None = None) ->
 def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] | None = None) -> pa.Table:
     fs, p = storage.get_fs(path, cfg)
     try:
-        with fs.open(p, "rb") as f:
-            table = pq.read_table(f, columns=columns)
+        # ParquetFile.read is synchronous: pq.read_table's dataset scanner can free the Python file object on an
+        # Arrow worker thread after returning, which aborts the process (exit 134) if the interpreter is
+        # exiting (apache/arrow#34314).
+        with fs.open(p, "rb") as f, pq.ParquetFile(f) as pf:
+            table = pf.read(columns=columns)
     except FileNotFoundError:
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
@@ -189,9 +207,11 @@ def list_shards(path: str, cfg: StorageConfig | None = None) -> list[str]:
         return [path]
     if not fs.exists(p):
         raise FileNotFoundError(f"no dataset at {path}")
-    names = sorted(
-        f for f in fs.find(p) if f.endswith(".parquet") and not storage.basename(f).startswith((".", "_"))
-    )
+
+    def hidden(f: str) -> bool:  # `_manifest/`, `_parts/`, `.x.tmp`: bookkeeping, never shards
+        return any(part.startswith((".", "_")) for part in f[len(p) :].split("/"))
+
+    names = sorted(f for f in fs.find(p) if f.endswith(".parquet") and not hidden(f))
     return [storage.with_scheme(path, f) for f in names]
 
 

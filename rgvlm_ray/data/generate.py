@@ -222,11 +222,3 @@ def run(cfg: Config) -> dict:
                 results.append(r)
                 bar.update(r["episodes"])
     return {"out": g.out, **summarize(results, time.perf_counter() - start)}
-
-
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "generate.out")
-    print(json.dumps(run(cfg), indent=2))
-    return 0

@@ -1,15 +1,16 @@
-"""`rgvlm inspect PATH`: what a dataset holds, which labels it carries, and whether it is valid."""
+"""`rgvlm inspect PATH [--labels LABELS ...]`: what a dataset holds, which labels it carries (in its own columns or
+in label sets joined to it), and whether it is valid."""
 
 from __future__ import annotations
 
-import json
 from collections import Counter
+from collections.abc import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 
@@ -20,7 +21,15 @@ def label_coverage(table: pa.Table, labeler: str) -> tuple[int, int]:
     return len(rewards) - rewards.null_count, len(rewards)
 
 
-def summarize(path: str, cfg: StorageConfig, decode: bool = False) -> dict:
+def summarize(
+    path: str,
+    cfg: StorageConfig,
+    decode: bool = False,
+    join: Callable[[str], pa.Table] | None = None,
+    label_sets: list[str] | None = None,
+) -> dict:
+    """What the dataset at `path` holds. `join(shard)` reads a shard with its label sets (labelstore/join.py):
+    their label columns are summarised too, and a label set that does not match is a validation error."""
     shards = fmt.list_shards(path, cfg)
     if not shards:
         raise UsageError(f"no .parquet shards under {path}")
@@ -39,13 +48,20 @@ def summarize(path: str, cfg: StorageConfig, decode: bool = False) -> dict:
             k_hist.update(table.column("num_subtasks").to_pylist())
         if "split" in table.column_names:
             splits.update(table.column("split").to_pylist())
+        if join is not None:
+            try:
+                table = join(shard)
+            except UsageError as exc:
+                join_errors.append(str(exc))
+                return
         for labeler in fmt.labelers_present(table.schema):
             done, total = label_coverage(table, labeler)
             acc = coverage.setdefault(labeler, [0, 0])
             acc[0] += done
             acc[1] += total
 
-    issues = fmt.validate(path, cfg, decode, on_table=add)
+    join_errors: list[str] = []
+    issues = [str(i) for i in fmt.validate(path, cfg, decode, on_table=add)] + join_errors
     nbytes = 0
     for shard in shards:
         fs, p = storage.get_fs(shard, cfg)
@@ -63,7 +79,8 @@ def summarize(path: str, cfg: StorageConfig, decode: bool = False) -> dict:
             name: {"steps_labeled": d, "steps": t, "coverage": round(d / t, 4) if t else 0.0}
             for name, (d, t) in coverage.items()
         },
-        "validation_errors": [str(i) for i in issues],
+        "label_sets": list(label_sets or []),
+        "validation_errors": issues,
     }
 
 
@@ -83,22 +100,10 @@ def render(summary: dict) -> str:
                 f"labels       {name}: {c['steps_labeled']}/{c['steps']} steps ({100 * c['coverage']:.1f}%)"
             )
     else:
-        lines.append("labels       none (label with `rgvlm label --in PATH --out PATH --engine ...`)")
+        lines.append("labels       none (label with `rgvlm label --in PATH --out LABELS --engine ...`)")
     errors = summary["validation_errors"]
     lines.append(f"validation   {'ok' if not errors else f'{len(errors)} error(s)'}")
     lines.extend(f"  - {e}" for e in errors[:50])
     if len(errors) > 50:
         lines.append(f"  ... and {len(errors) - 50} more (use --json for all)")
     return "\n".join(lines)
-
-
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "inspect.path")
-    try:
-        summary = summarize(cfg.inspect.path, cfg.storage, cfg.inspect.decode)
-    except FileNotFoundError as exc:
-        raise UsageError(str(exc)) from None
-    print(json.dumps(summary, indent=2) if cfg.inspect.json else render(summary))
-    return 1 if summary["validation_errors"] else 0

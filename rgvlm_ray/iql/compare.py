@@ -83,10 +83,8 @@ def comparison_table(series: dict[str, list[dict[str, Any]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "compare.out")
+def compare(cfg: Config) -> tuple[dict[str, Any], str]:
+    """Evals of `cfg.compare.runs` in one table and plot, written to compare.out; returns (summary, table)."""
     if not cfg.compare.runs:
         raise UsageError("give at least one run or eval folder: rgvlm compare RUN_OR_EVAL_DIR ... --out DIR")
     paths = [p for run in cfg.compare.runs for p in find_evals(run, cfg.storage)]
@@ -103,6 +101,4 @@ def main(cfg: Config) -> int:
         },
         cfg.storage,
     )
-    print(table)
-    print(f"wrote compare.json, compare.md, compare.png to {cfg.compare.out}")
-    return 0
+    return summary, table

@@ -23,11 +23,12 @@ import ray
 from PIL import Image
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config, EnvConfig, StorageConfig
+from rgvlm_ray.config import Config, EnvConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.rewards import check_columns, episode_rewards, reward_columns
 from rgvlm_ray.iql.vocab import Vocab
+from rgvlm_ray.labelstore.join import Source
 
 if TYPE_CHECKING:
     from rgvlm_ray.iql.update import ReplayBuffer
@@ -45,6 +46,7 @@ EPISODES_PER_BLOCK = 8  # small Parquet files arrive as one block; split them so
 
 @dataclass
 class DatasetInfo:
+    data: Source  # raw episodes joined with their label sets
     shards: list[str]
     columns: list[str]
     pool_seed: int | None  # the generator's seed pool: evaluation re-creates its missions from it
@@ -52,36 +54,32 @@ class DatasetInfo:
     source: str  # where pool_seed/env came from: metadata | episode_id | unknown
 
 
-def inspect_dataset(path: str, cfg: StorageConfig) -> DatasetInfo:
-    """Shards, columns and generator settings, from the first shard's footer (and ids, as a fallback)."""
-    try:
-        shards = fmt.list_shards(path, cfg)
-    except FileNotFoundError:
-        raise UsageError(f"--in {path}: no dataset there") from None
-    if not shards:
-        raise UsageError(f"--in {path}: no .parquet shards found")
+def inspect_dataset(source: Source) -> DatasetInfo:
+    """Shards, columns and generator settings, from the first shard's footers (and ids, as a fallback)."""
+    shards, cfg, path = source.shards(), source.cfg, source.raw
+    columns = source.columns()
     fs, first = storage.get_fs(shards[0], cfg)
     with fs.open(first, "rb") as f:
         schema = pq.read_schema(f)
     meta = (schema.metadata or {}).get(GENERATOR_KEY)
     if meta is not None:
         data = json.loads(meta)
-        return DatasetInfo(shards, schema.names, int(data["pool_seed"]), data.get("env"), "metadata")
+        return DatasetInfo(source, shards, columns, int(data["pool_seed"]), data.get("env"), "metadata")
     # Shards rewritten without the generator's metadata still name the pool in every episode id.
-    with fs.open(first, "rb") as f:
-        ids = pq.read_table(f, columns=["episode_id"])["episode_id"].to_pylist()
+    ids = fmt.read_shard(shards[0], cfg, columns=["episode_id"])["episode_id"].to_pylist()
     match = EPISODE_ID_RE.match(ids[0]) if ids else None
     if match:
         log.warning("%s: no generator metadata; pool seed %s taken from episode ids", path, match.group(2))
-        return DatasetInfo(shards, schema.names, int(match.group(2)), None, "episode_id")
+        return DatasetInfo(source, shards, columns, int(match.group(2)), None, "episode_id")
     log.warning(
         "%s: no generator metadata and unrecognised episode ids: seen-split evaluation is unknown", path
     )
-    return DatasetInfo(shards, schema.names, None, None, "unknown")
+    return DatasetInfo(source, shards, columns, None, None, "unknown")
 
 
-def check_dataset(info: DatasetInfo, reward: str, obs_mode: str, in_path: str) -> None:
-    check_columns(reward, info.columns, in_path)
+def check_dataset(info: DatasetInfo, reward: str, obs_mode: str) -> None:
+    in_path = info.data.raw
+    check_columns(reward, info.columns, in_path, bool(info.data.labels))
     needed = OBS_COLUMNS[obs_mode]
     if needed not in info.columns:
         other = "image" if obs_mode == "symbolic" else "symbolic"
@@ -89,12 +87,6 @@ def check_dataset(info: DatasetInfo, reward: str, obs_mode: str, in_path: str) -
             f"iql.obs_mode={obs_mode} needs the column {needed!r}, which {in_path} lacks; "
             f"use iql.obs_mode={other} or regenerate the dataset with `rgvlm generate`"
         )
-
-
-def read_episodes(info: DatasetInfo, columns: list[str], cfg: StorageConfig) -> ray.data.Dataset:
-    fs, _ = storage.arrow_fs(info.shards[0], cfg)
-    paths = [storage.get_fs(s, cfg)[1] for s in info.shards]
-    return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
 
 
 # --- pass 1: goals and returns, for the vocabulary and the reward scale -------------------------------
@@ -127,7 +119,7 @@ def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
     rets: list[float] = []
     steps = nulls = longest = 0
     for shard in info.shards:
-        table = fmt.read_shard(shard, cfg.storage, columns=columns)
+        table = info.data.read(shard, columns)
         cols = {c: table.column(c).to_pylist() for c in reward_columns(reward)}
         goals.extend(table.column("goal").to_pylist())
         for i in range(table.num_rows):

@@ -210,13 +210,14 @@ def write_outputs(out: str, files: dict[str, bytes], cfg: StorageConfig) -> None
             f.write(data)
 
 
-def main(cfg: Config) -> int:
+def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
+    """Run the missions of `cfg.eval`; writes eval.json/md/png and returns (result, markdown table)."""
     import ray
 
-    from rgvlm_ray.cli import require
     from rgvlm_ray.ray_utils import init_ray
 
-    require(cfg, "eval.checkpoint", "eval.out")
+    if not cfg.eval.checkpoint or not cfg.eval.out:
+        raise UsageError("evaluation needs eval.checkpoint (--checkpoint) and eval.out (--out)")
     e = cfg.eval
     if e.split not in SPLITS:
         raise UsageError(f"--split must be one of {SPLITS}, got {e.split!r}")
@@ -280,6 +281,4 @@ def main(cfg: Config) -> int:
         },
         cfg.storage,
     )
-    print(markdown_table(rows, title))
-    print(f"wrote eval.json, eval.md, eval.png to {e.out}")
-    return 0
+    return result, markdown_table(rows, title)

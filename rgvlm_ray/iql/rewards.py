@@ -76,18 +76,19 @@ def label_engine_args(labeler: str) -> str:
     return f"--engine {labeler}"
 
 
-def check_columns(mode: str, available: Sequence[str], in_path: str) -> None:
-    """Fail with the labeling command to run when the dataset lacks the mode's reward column."""
+def check_columns(mode: str, available: Sequence[str], in_path: str, with_labels: bool = False) -> None:
+    """Fail with the labeling command to run when the dataset (and its label sets) lack a mode's column."""
     for term in reward_terms(mode):
         column = term_column(term)
         if column in available:
             continue
         present = sorted(c for c in available if c.endswith("_reward"))
         raise UsageError(
-            f"--reward {mode} needs the column {column!r}, which {in_path} lacks "
-            f"(label columns present: {', '.join(present) or 'none'}). Label the dataset first: "
-            f"rgvlm label --in {in_path} --out LABELED_PATH {label_engine_args(term)}, "
-            "then train with --in LABELED_PATH"
+            f"--reward {mode} needs the column {column!r}, which {in_path}"
+            f"{' and its --labels' if with_labels else ''} lack (label columns present: "
+            f"{', '.join(present) or 'none'}). Label the dataset first: "
+            f"rgvlm label --in {in_path} --out LABELS {label_engine_args(term)}, "
+            f"then pass --in {in_path} --labels LABELS"
         )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -22,6 +21,7 @@ from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, Mod
 from rgvlm_ray.iql.rewards import NULL_RULES, check_weights, reward_columns
 from rgvlm_ray.iql.update import iql_update, make_optimizer, metrics_dict
 from rgvlm_ray.iql.vocab import Vocab
+from rgvlm_ray.labelstore.join import Source, read_dataset
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,8 @@ def resources(cfg: Config) -> tuple[bool, float]:
 
 
 def validate(cfg: Config) -> None:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "train.in_path", "train.out_path")
+    if not cfg.train.in_path or not cfg.train.out_path:
+        raise UsageError("training needs train.in_path (--in) and train.out_path (--out)")
     reward_columns(cfg.train.reward)
     check_weights(cfg.train.reward, cfg.iql.reward_weights)
     t, i = cfg.train, cfg.iql
@@ -178,7 +177,8 @@ def check_context(context: int, longest: int, in_path: str) -> None:
         )
 
 
-def main(cfg: Config) -> int:
+def train(cfg: Config) -> dict:
+    """Train (or resume) one run; returns {out, checkpoint, metrics} or {out, checkpoint, already_at_step}."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -186,8 +186,8 @@ def main(cfg: Config) -> int:
 
     validate(cfg)
     t = cfg.train
-    info = data.inspect_dataset(t.in_path, cfg.storage)
-    data.check_dataset(info, t.reward, cfg.iql.obs_mode, t.in_path)
+    info = data.inspect_dataset(Source(t.in_path, list(t.labels), cfg.storage))
+    data.check_dataset(info, t.reward, cfg.iql.obs_mode)
     previous = ckpt.latest_checkpoint(t.out_path, cfg.storage)
     vocab = None
     if previous:
@@ -198,12 +198,7 @@ def main(cfg: Config) -> int:
                 "resume it with the same --reward or choose a new --out"
             )
         if int(run["step"]) >= t.steps:
-            print(
-                json.dumps(
-                    {"out": t.out_path, "checkpoint": previous, "already_at_step": run["step"]}, indent=2
-                )
-            )
-            return 0
+            return {"out": t.out_path, "checkpoint": previous, "already_at_step": run["step"]}
         vocab = Vocab.from_json(ckpt.read_file(previous, "vocab.json", cfg.storage).decode())
         log.info("resuming from %s (step %s)", previous, run.get("step"))
 
@@ -217,7 +212,7 @@ def main(cfg: Config) -> int:
         scale, len(vocab),
     )  # fmt: skip
     init_ray(cfg.ray)
-    episodes = data.read_episodes(info, data.episode_columns(cfg), cfg.storage)
+    episodes = read_dataset(info.data, data.episode_columns(cfg))
     transitions = data.transitions(episodes, cfg, vocab, scale)
 
     use_gpu, cpus = resources(cfg)
@@ -229,6 +224,7 @@ def main(cfg: Config) -> int:
         "reward_scale": scale,
         "null_reward": cfg.iql.null_reward,
         "in_path": t.in_path,
+        "labels": list(t.labels),
         "pool_seed": info.pool_seed,
         "env": data.env_config(info.env, cfg.env),
         "env_source": info.source,
@@ -252,6 +248,4 @@ def main(cfg: Config) -> int:
     log.info("training: %d worker(s), %.2g CPU each, GPU %s -> %s", t.workers, cpus, use_gpu, t.out_path)
     result = trainer.fit()
     latest = ckpt.latest_checkpoint(t.out_path, cfg.storage)
-    summary = {"out": t.out_path, "checkpoint": latest, "metrics": result.metrics}
-    print(json.dumps(summary, indent=2, default=str))
-    return 0
+    return {"out": t.out_path, "checkpoint": latest, "metrics": result.metrics}

@@ -1,8 +1,3 @@
-"""Reward labeling: RG-VLM (two-stage LVLM judge) and the clip / oracle reference labelers.
-
-Public API for the distributed job: `build_labeler`, `labeler_fingerprint`, `Labeler` (see labeler.py).
-"""
-
-from rgvlm_ray.labeling.labeler import Labeler, build_labeler, labeler_fingerprint, labeler_name
-
-__all__ = ["Labeler", "build_labeler", "labeler_fingerprint", "labeler_name"]
+"""The labeling job (`rgvlm label`): plan and lease shards (plan.py, leases.py, manifest.py), label them in Ray
+actor pools (actors.py), write label shards from the workers (writers.py), and report (job.py, status.py).
+What scores a window lives in rgvlm_ray/labelers; where labels are stored, in rgvlm_ray/labelstore."""

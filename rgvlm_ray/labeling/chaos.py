@@ -5,6 +5,9 @@
 - `hang-once:PATH`: the first call that finds no file at PATH creates it and never returns, like a wedged
   engine; `label.batch_timeout_s` must fire.
 - `hang:PATH`: every call never returns (PATH is only touched), like an engine that is wedged for good.
+- `crash-write-once:PATH`: the first label-shard writer that finds no file at PATH dies halfway through
+  writing its shard; Ray retries the write task.
+- `slow:SECONDS`: every actor call sleeps first, like a slow engine (to kill a run midway in a rehearsal).
 PATH is on a disk every actor sees (local runs, or a shared mount). Leave `label.chaos` empty in production.
 """
 
@@ -12,10 +15,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 from rgvlm_ray.errors import UsageError
 
-MODES = ("crash-once", "hang-once", "hang")
+MODES = ("crash-once", "hang-once", "hang", "crash-write-once", "slow")
 
 
 def _claim(path: str) -> bool:
@@ -32,7 +36,9 @@ class ChaosLabeler:
         self.name, self.fingerprint = inner.name, inner.fingerprint
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
-        if _claim(self.path) or self.mode == "hang":
+        if self.mode == "slow":
+            time.sleep(float(self.path))
+        elif self.mode in ("crash-once", "hang-once", "hang") and (_claim(self.path) or self.mode == "hang"):
             if self.mode == "crash-once":
                 os._exit(1)
             threading.Event().wait()
@@ -52,3 +58,10 @@ def wrap(labeler, spec: str):
     if mode not in MODES or not path:
         raise UsageError(f"label.chaos must be '' or one of {[m + ':PATH' for m in MODES]}, got {spec!r}")
     return ChaosLabeler(labeler, mode, path)
+
+
+def during_write(spec: str) -> None:
+    """Called by a label-shard writer halfway through its bytes: `crash-write-once` dies there."""
+    mode, _, path = spec.partition(":")
+    if mode == "crash-write-once" and _claim(path):
+        os._exit(1)

@@ -1,4 +1,4 @@
-"""The two-stage RG-VLM conversation, from versioned templates in rgvlm_ray/labeling/prompts/<version>.txt.
+"""The two-stage RG-VLM conversation, from versioned templates in rgvlm_ray/labelers/prompts/<version>.txt.
 
 Stage 1: system + user(goal, interleaved observations and actions, analysis question) -> analysis.
 Stage 2: the stage-1 conversation verbatim + the analysis as the assistant turn + a scoring request
@@ -17,7 +17,7 @@ from pathlib import Path
 from string import Template
 
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling.engines.base import Conversation
+from rgvlm_ray.labelers.engines.base import Conversation
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 SECTIONS = (

@@ -36,7 +36,8 @@ def label_columns(
 
 
 def error_columns(name: str, num_actions: int, message: str, fingerprint: str) -> dict:
-    """An episode that could not be labeled at all: kept, every step null with status `error`."""
+    """An episode whose input cannot be labeled (deterministic: e.g. an undecodable frame): kept, every step
+    null with status `error`, episode_status `bad_input`."""
     t = max(0, num_actions)
     return label_columns(
         name,
@@ -47,7 +48,7 @@ def error_columns(name: str, num_actions: int, message: str, fingerprint: str) -
         message=[message] * t,
         analysis=[],
         fingerprint=fingerprint,
-        episode_status="error",
+        episode_status="bad_input",
         episode_error=message,
     )
 
@@ -55,3 +56,8 @@ def error_columns(name: str, num_actions: int, message: str, fingerprint: str) -
 def num_actions(row: dict) -> int:
     actions = row.get("actions")
     return len(actions) if actions is not None else 0
+
+
+def token_free_stats(counters: dict) -> dict:
+    """`Labeler.stats()` for labelers that prompt no language model (clip, oracle)."""
+    return {"prompt_tokens": 0, "completion_tokens": 0, "windows": 0, "parse_failures": 0, **counters}

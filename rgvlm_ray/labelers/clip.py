@@ -14,13 +14,12 @@ from __future__ import annotations
 import torch
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
-from rgvlm_ray.labeling import prompts
-from rgvlm_ray.labeling.columns import error_columns, label_columns, num_actions
-from rgvlm_ray.labeling.engines.base import chunks
-from rgvlm_ray.labeling.engines.hf import resolve_device, resolve_dtype
-from rgvlm_ray.labeling.images import decode_frames
-from rgvlm_ray.labeling.labeler import token_free_stats
-from rgvlm_ray.labeling.rgvlm import VIEWS
+from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions, token_free_stats
+from rgvlm_ray.labelers.engines.base import chunks
+from rgvlm_ray.labelers.engines.hf import resolve_device, resolve_dtype
+from rgvlm_ray.labelers.images import decode_frames
+from rgvlm_ray.labelers.rgvlm import VIEWS
 
 NAME = "clip"
 

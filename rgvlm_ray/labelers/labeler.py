@@ -18,9 +18,9 @@ from typing import Protocol
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import noisy_oracle, oracle, prompts, rgvlm, windows
-from rgvlm_ray.labeling.columns import error_columns, num_actions
-from rgvlm_ray.labeling.engines import LVLM_ENGINES, Engine, make_engine
+from rgvlm_ray.labelers import noisy_oracle, oracle, prompts, rgvlm, windows
+from rgvlm_ray.labelers.columns import error_columns, num_actions, token_free_stats
+from rgvlm_ray.labelers.engines import LVLM_ENGINES, Engine, make_engine
 
 log = logging.getLogger(__name__)
 KINDS = (*LVLM_ENGINES, "clip", "oracle", noisy_oracle.KIND)
@@ -142,11 +142,6 @@ class RGVLMLabeler:
         self.engine.close()
 
 
-def token_free_stats(counters: dict) -> dict:
-    """`Labeler.stats()` for labelers that prompt no language model (clip, oracle)."""
-    return {"prompt_tokens": 0, "completion_tokens": 0, "windows": 0, "parse_failures": 0, **counters}
-
-
 class OracleLabeler:
     """`oracle`, or with `label` = noisy_oracle.noisy_label bound to a level, `noisyNN`: pure functions of a row."""
 
@@ -204,7 +199,7 @@ def build_labeler(ecfg: EngineConfig, lcfg: LabelerConfig) -> Labeler:
         label = partial(noisy_oracle.noisy_label, p=lcfg.oracle_noise, seed=lcfg.oracle_noise_seed)
         return OracleLabeler(fp, name, label)
     if name == "clip":
-        from rgvlm_ray.labeling.clip import ClipLabeler
+        from rgvlm_ray.labelers.clip import ClipLabeler
 
         return ClipLabeler(ecfg, lcfg, fp)
     return RGVLMLabeler(ecfg, lcfg, fp, make_engine(ecfg, lcfg))

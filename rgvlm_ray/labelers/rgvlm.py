@@ -21,12 +21,12 @@ import statistics
 from dataclasses import dataclass, field
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
-from rgvlm_ray.labeling import prompts
-from rgvlm_ray.labeling.columns import error_columns, label_columns, num_actions
-from rgvlm_ray.labeling.engines.base import ChatRequest, Completion, Conversation, Engine
-from rgvlm_ray.labeling.images import decode_frames
-from rgvlm_ray.labeling.parsing import parse_scores
-from rgvlm_ray.labeling.windows import Window, make_windows, owners
+from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions
+from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, Engine
+from rgvlm_ray.labelers.images import decode_frames
+from rgvlm_ray.labelers.parsing import parse_scores
+from rgvlm_ray.labelers.windows import Window, make_windows, owners
 
 log = logging.getLogger(__name__)
 NAME = "rgvlm"

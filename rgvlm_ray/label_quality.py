@@ -14,36 +14,27 @@ constant have no defined correlation and are counted separately.
 
 from __future__ import annotations
 
-import json
-import os
 from collections import defaultdict
 
 import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
-from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labelstore.join import Source
 
 SHUFFLE_SEED = 0
 
 
-def load(path: str, cfg: StorageConfig) -> pa.Table:
-    """Only the columns the report needs: no frames."""
-    shards = fmt.list_shards(path, cfg)
-    if not shards:
-        raise UsageError(f"no .parquet shards under {path}")
-    tables = []
-    for shard in shards:
-        schema = fmt.read_schema(shard, cfg)
-        wanted = ["episode_id", "num_subtasks", "progress"]
-        wanted += [
-            c
-            for n in fmt.labelers_present(schema)
-            for c in (fmt.label_column(n, "score"), fmt.label_column(n, "reward"))
-        ]
-        tables.append(fmt.read_shard(shard, cfg, columns=[c for c in wanted if c in schema.names]))
+def load(source: Source) -> pa.Table:
+    """Only the columns the report needs (no frames), joined with the label sets."""
+    names = source.columns()
+    wanted = ["episode_id", "num_subtasks", "progress"]
+    for n in fmt.labelers_present(names):
+        wanted += [fmt.label_column(n, "score"), fmt.label_column(n, "reward")]
+    tables = [source.read(shard, [c for c in wanted if c in names]) for shard in source.shards()]
     return pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -155,13 +146,17 @@ def histogram(table: pa.Table, names: list[str], path: str) -> None:
     plt.close(fig)
 
 
-def build(path: str, cfg: StorageConfig, labeler: str = "") -> tuple[list[dict], pa.Table, list[str]]:
-    table = load(path, cfg)
+def build(
+    path: str, labels: list[str], cfg: StorageConfig, labeler: str = ""
+) -> tuple[list[dict], pa.Table, list[str]]:
+    """Reports for `labeler` (or every labeler present) over the dataset at `path` joined with `labels`."""
+    table = load(Source(path, list(labels), cfg))
     present = fmt.labelers_present(table.schema)
     names = [labeler] if labeler else present
     if not names:
         raise UsageError(
-            f"{path} carries no labels: run `rgvlm label --in RAW --out {path} --engine oracle|clip|hf ...`"
+            f"{path} carries no labels: label it (`rgvlm label --in {path} --out LABELS --engine oracle|clip|hf`) "
+            "and pass --labels LABELS"
         )
     missing = [n for n in names if n not in present]
     if missing:
@@ -169,21 +164,3 @@ def build(path: str, cfg: StorageConfig, labeler: str = "") -> tuple[list[dict],
     if "progress" not in table.column_names or table.column("progress").null_count == table.num_rows:
         raise UsageError(f"{path} has no ground-truth `progress`, which the report compares labels against")
     return [labeler_report(table, n) for n in names], table, names
-
-
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "label_report.in_path")
-    rc = cfg.label_report
-    reports, table, names = build(rc.in_path, cfg.storage, rc.labeler)
-    os.makedirs(rc.out, exist_ok=True)
-    hist = os.path.join(rc.out, "scores_hist.png")
-    histogram(table, names, hist)
-    with open(os.path.join(rc.out, "label_report.json"), "w") as f:
-        json.dump(reports, f, indent=2)
-    text = markdown(reports)
-    with open(os.path.join(rc.out, "label_report.md"), "w") as f:
-        f.write(text + f"\n![scores]({os.path.basename(hist)})\n")
-    print(json.dumps(reports, indent=2) if rc.json else text + f"\nhistogram: {hist}")
-    return 0

@@ -31,7 +31,7 @@ import numpy as np
 
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import oracle
+from rgvlm_ray.labelers import oracle
 
 KIND = "noisy_oracle"
 VERSION = "noisy-oracle-v1"

@@ -16,8 +16,8 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from rgvlm_ray.config import EngineConfig
-from rgvlm_ray.labeling.engines.base import ChatRequest, Completion, Conversation
-from rgvlm_ray.labeling.images import data_url
+from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation
+from rgvlm_ray.labelers.images import data_url
 
 log = logging.getLogger(__name__)
 RETRY_STATUS = {408, 409, 429}  # plus every 5xx

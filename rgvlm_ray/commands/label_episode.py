@@ -8,9 +8,9 @@ import time
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling import prompts
-from rgvlm_ray.labeling.labeler import RGVLMLabeler, build_labeler
-from rgvlm_ray.labeling.rgvlm import EpisodeLabel, to_columns
+from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.labeler import RGVLMLabeler, build_labeler
+from rgvlm_ray.labelers.rgvlm import EpisodeLabel, to_columns
 
 
 def find_episode(path: str, episode: str, storage: StorageConfig) -> dict:

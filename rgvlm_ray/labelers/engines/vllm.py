@@ -11,7 +11,7 @@ import threading
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labeling.engines.base import ChatRequest, Completion, Conversation, EngineError, EngineTimeout
+from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, EngineError, EngineTimeout
 
 INSTALL_HINT = (
     "the vllm engine needs vLLM: pip install 'rgvlm-ray[vllm]' on a GPU node (or use engine.kind=hf)"

@@ -15,7 +15,7 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLProcessor
 
 from rgvlm_ray.config import EngineConfig
-from rgvlm_ray.labeling.engines.base import (
+from rgvlm_ray.labelers.engines.base import (
     ChatRequest,
     Completion,
     Conversation,

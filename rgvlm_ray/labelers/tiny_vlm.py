@@ -1,7 +1,7 @@
 """`rgvlm make-tiny-vlm`: tiny, randomly initialised models of real architectures, built offline in seconds.
 
 - `qwen2_vl`: a Qwen2-VL (about 0.1M parameters) for the `hf` engine, saved with `save_pretrained` and loaded
-  back through the very code that loads Qwen/Qwen2.5-VL-7B-Instruct (rgvlm_ray/labeling/engines/hf.py).
+  back through the very code that loads Qwen/Qwen2.5-VL-7B-Instruct (rgvlm_ray/labelers/engines/hf.py).
 - `clip`: a CLIPModel for the `clip` reference labeler.
 Both get a byte-level BPE tokenizer trained here on a small corpus of our own prompt and task words, so
 nothing is downloaded. Their outputs are random; they exist to exercise every code path on CPU.
@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-
-from rgvlm_ray.config import Config
-from rgvlm_ray.errors import UsageError
 
 QWEN_SPECIAL = [
     "<|endoftext|>",
@@ -44,7 +41,7 @@ QWEN_CHAT_TEMPLATE = (
 
 def _corpus() -> list[str]:
     from rgvlm_ray.data.env import ACTION_TEXTS
-    from rgvlm_ray.labeling import prompts
+    from rgvlm_ray.labelers import prompts
 
     words = (
         "go to pick up open put next the a red green blue purple yellow grey ball box key door, then and "
@@ -77,7 +74,7 @@ def build_qwen2_vl(out: str | Path, seed: int = 0) -> Path:
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from rgvlm_ray.labeling.engines.hf import ImageOnlyQwen2VLProcessor
+    from rgvlm_ray.labelers.engines.hf import ImageOnlyQwen2VLProcessor
 
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=train_tokenizer(QWEN_SPECIAL),
@@ -183,19 +180,3 @@ def build_clip(out: str | Path, seed: int = 0) -> Path:
 
 
 BUILDERS = {"qwen2_vl": build_qwen2_vl, "clip": build_clip}
-
-
-def main(cfg: Config) -> int:
-    from rgvlm_ray.cli import require
-
-    require(cfg, "tiny_model.out")
-    t = cfg.tiny_model
-    if t.kind not in BUILDERS:
-        raise UsageError(f"--kind must be one of {sorted(BUILDERS)}, got {t.kind!r}")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    out = BUILDERS[t.kind](t.out, t.seed)
-    size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
-    print(json.dumps({"out": str(out), "kind": t.kind, "bytes": size}))
-    return 0

@@ -1,0 +1,15 @@
+"""`rgvlm evaluate`."""
+
+from __future__ import annotations
+
+from rgvlm_ray.cli import require
+from rgvlm_ray.config import Config
+from rgvlm_ray.iql.evaluate import evaluate
+
+
+def main(cfg: Config) -> int:
+    require(cfg, "eval.checkpoint", "eval.out")
+    _, table = evaluate(cfg)
+    print(table)
+    print(f"wrote eval.json, eval.md, eval.png to {cfg.eval.out}")
+    return 0

@@ -1,0 +1,331 @@
+"""`rgvlm label`: label a corpus of raw shards into a label set, resumably and without loss.
+
+1. Plan (plan.py): list input shards; skip those whose record matches their content identity and the labeler
+   fingerprint (unless --force); lease the rest so concurrent runs never label the same shard.
+2. Check: one small Ray task per leased shard reads and validates it; failures are quarantined. An empty shard
+   is done at once, with 0 episodes.
+3. Label (actors.py): Ray Data reads the good shards, repartitions them into batches of
+   `label.episodes_per_batch` episodes and streams them through an `ActorPoolStrategy` pool. Each actor runs
+   both stages on its batch and writes the labels (no frames) as part files.
+4. Write (writers.py): once the driver has counted every episode of a shard, a Ray task gathers its parts into
+   one label shard, atomically, and writes the shard's record; the driver then releases its lease. The driver
+   only counts: its memory does not grow with the episodes. A crash loses at most the shards in flight.
+
+Exit codes: 0 every input shard is labeled (or quarantined, with --allow-quarantine); 1 a shard failed, was
+quarantined, or the balance check failed; 2 bad usage; 3 incomplete: some shards are leased by another live run
+or hit transient engine errors, so a rerun has work to do (`rgvlm label --status` shows which).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections import Counter, defaultdict
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
+from rgvlm_ray.labeling import manifest as mf
+from rgvlm_ray.labeling import status as st
+from rgvlm_ray.labeling.actors import LabelActor, stripped
+from rgvlm_ray.labeling.leases import Heartbeat
+from rgvlm_ray.labeling.plan import RunState, ShardPlan, check_shard, plan
+from rgvlm_ray.labeling.writers import finalize
+
+log = logging.getLogger(__name__)
+EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+
+
+def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
+    """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
+    now = time.time()
+    record = mf.ShardRecord(
+        shard=shard.name,
+        input=shard.path,
+        identity=shard.identity,
+        fingerprint=state.fingerprint,
+        labeler=state.name,
+        status=status,
+        rows_in=shard.rows_in,
+        run_id=state.run_id,
+        started=fields.pop("started", now),  # type: ignore[arg-type]
+        finished=now,
+        **fields,  # type: ignore[arg-type]
+    )
+    mf.write_record(state.out, record, state.cfg.storage)
+    state.records[shard.name] = record
+    lease = state.leases.pop(shard.name, None)
+    if lease is not None:
+        lease.release()
+
+
+def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[ShardPlan]:
+    import ray
+
+    task = ray.remote(num_cpus=state.cfg.label.num_cpus_per_check)(check_shard)
+    results = ray.get([task.remote(s.path, state.cfg.storage) for s in shards])
+    good = []
+    for shard, res in zip(shards, results, strict=True):
+        shard.rows_in = res["rows"]
+        if res["ok"]:
+            good.append(shard)
+        else:
+            log.warning("quarantined %s: %s", shard.name, res["error"])
+            finish(state, shard, mf.QUARANTINED, error=res["error"])
+    return good
+
+
+def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Dataset
+    import ray
+
+    cfg, lc = state.cfg, state.cfg.label
+    fs, _ = storage.arrow_fs(lc.in_path, cfg.storage)
+    names = {stripped(s.path, cfg.storage): s.name for s in shards}
+    ds = ray.data.read_parquet(list(names), filesystem=fs, include_paths=True)
+    episodes = sum(s.rows_in or 0 for s in shards)
+    # Small shards arrive as one block each; split them so every actor gets work.
+    ds = ds.repartition(
+        target_num_rows_per_block=max(1, min(lc.episodes_per_batch, -(-episodes // (2 * lc.max_actors))))
+    )
+    resources: dict = {"num_cpus": lc.num_cpus_per_actor}
+    if lc.num_gpus_per_actor:
+        resources["num_gpus"] = lc.num_gpus_per_actor
+    # Ray Data's defaults are unbounded restarts and retries, which would loop forever on an engine that
+    # always crashes. Ray 2.60 deprecates every `ray_remote_args` but offers no named parameter for these.
+    fault: dict = {}
+    if lc.max_restarts >= 0:
+        fault["max_restarts"] = lc.max_restarts
+    if lc.max_task_retries >= 0:
+        fault["max_task_retries"] = lc.max_task_retries
+    kwargs = {
+        "engine_cfg": cfg.engine,
+        "labeler_cfg": cfg.labeler,
+        "label_cfg": lc,
+        "names": names,
+        "run_id": state.run_id,
+        "storage_cfg": cfg.storage,
+    }
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*deprecated")
+        return ds.map_batches(
+            LabelActor,
+            fn_constructor_kwargs=kwargs,
+            batch_size=lc.episodes_per_batch,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(min_size=lc.min_actors, max_size=lc.max_actors),
+            **resources,
+            **fault,
+        )
+
+
+class Writers:
+    """Launches one finalize task per complete shard and records each as it lands."""
+
+    def __init__(self, state: RunState) -> None:
+        import ray
+
+        self.state, self.pending = state, {}
+        self.task = ray.remote(num_cpus=state.cfg.label.num_cpus_per_check, max_retries=3)(finalize)
+        self.started = time.time()
+
+    def submit(self, shard: ShardPlan, parts: list[str], tokens: Counter) -> None:
+        s, lc = self.state, self.state.cfg.label
+        record = mf.ShardRecord(
+            shard=shard.name,
+            input=shard.path,
+            identity=shard.identity,
+            fingerprint=s.fingerprint,
+            labeler=s.name,
+            status="writing",
+            rows_in=shard.rows_in,
+            run_id=s.run_id,
+            started=self.started,
+        )
+        ref = self.task.remote(lc.out_path, record, parts, dict(tokens), lc.chaos, s.cfg.storage)
+        self.pending[ref] = shard
+
+    def collect(self, wait_all: bool = False) -> None:
+        import ray
+
+        while self.pending:
+            timeout = None if wait_all else 0
+            ready, _ = ray.wait(list(self.pending), num_returns=len(self.pending), timeout=timeout)
+            for ref in ready:
+                shard = self.pending.pop(ref)
+                try:
+                    record = ray.get(ref)
+                except Exception as exc:  # the writer failed for good: the next run labels the shard again
+                    finish(self.state, shard, mf.FAILED, error=f"writing the label shard failed: {exc}")
+                    continue
+                self.landed(record)
+            if not wait_all:
+                return
+
+    def landed(self, record: mf.ShardRecord) -> None:
+        """The writer wrote the shard and its record: count it and free the lease."""
+        s, stats = self.state, record.stats
+        for key in ("transitions", "windows", "prompt_tokens", "completion_tokens"):
+            s.totals[key] += stats.get(key, 0)
+        s.step_status.update(stats["step_status"])
+        s.episode_status.update(stats["episode_status"])
+        s.records[record.shard] = record
+        lease = s.leases.pop(record.shard, None)
+        if lease is not None:
+            lease.release()
+        log.info("wrote %s: %d episodes, %s", record.output, record.rows_out, record.status)
+
+
+def label_shards(state: RunState, shards: list[ShardPlan]) -> None:
+    """Stream the actors' small results back; hand each shard to a writer once all its episodes are in."""
+    writers = Writers(state)
+    by_path = {stripped(s.path, state.cfg.storage): s for s in shards}
+    parts: dict[str, list[str]] = defaultdict(list)
+    counts: Counter = Counter()
+    tokens: dict[str, Counter] = defaultdict(Counter)
+    for path, shard in list(by_path.items()):
+        if shard.rows_in == 0:  # nothing to label: an empty label shard, done with 0 episodes
+            writers.submit(by_path.pop(path), [], Counter())
+    try:
+        batches = build_dataset(state, list(by_path.values())) if by_path else None
+        for batch in batches.iter_batches(batch_size=None, batch_format="pyarrow") if batches else []:
+            for row in batch.to_pylist():
+                path = row["path"]
+                parts[path].append(row["part"])
+                counts[path] += row["episodes"]
+                tokens[path].update({k: row[k] for k in ("prompt_tokens", "completion_tokens")})
+                if counts[path] == by_path[path].rows_in:
+                    writers.submit(by_path[path], parts.pop(path), tokens.pop(path))
+            writers.collect()
+    finally:  # shards already handed to a writer get their record even if the stream broke
+        writers.collect(wait_all=True)
+    for path in parts:
+        shard = by_path[path]
+        finish(state, shard, mf.FAILED, error=f"only {counts[path]} of {shard.rows_in} episodes came back")
+
+
+def summarize(state: RunState, seconds: float) -> dict:
+    records = [r for r in state.records.values() if r.run_id == state.run_id]
+    quarantined = [r for r in records if r.status == mf.QUARANTINED]
+    failed = [r for r in records if r.status == mf.FAILED]
+    episodes_in = sum(r.rows_in or 0 for r in records)
+    labeled_ok = state.episode_status.get("ok", 0)
+    errored = state.episode_status.get("error", 0)
+    bad_input = state.episode_status.get("bad_input", 0)
+    in_quarantine = sum(r.rows_in or 0 for r in quarantined)
+    in_failed = sum(r.rows_in or 0 for r in failed)
+    steps = sum(state.step_status.values())
+    return {
+        "run_id": state.run_id,
+        "labeler": state.name,
+        "fingerprint": state.fingerprint,
+        "in": state.cfg.label.in_path,
+        "out": state.out,
+        "shards": {
+            "labeled": sum(r.status in mf.LABELED for r in records),
+            "quarantined": [r.shard for r in quarantined],
+            "unreadable": [r.shard for r in quarantined if r.rows_in is None],
+            "failed": [r.shard for r in failed],
+            "with_engine_errors": [r.shard for r in records if r.status == mf.DONE_WITH_ERRORS],
+            "skipped_current": len(state.skipped_current),
+            "skipped_leased_by_other_run": state.skipped_leased,
+        },
+        "episodes": {
+            "in": episodes_in,
+            "labeled": labeled_ok,
+            "errored": errored,
+            "bad_input": bad_input,
+            "in_quarantined_shards": in_quarantine,
+            "in_failed_shards": in_failed,
+            "balanced": episodes_in == labeled_ok + errored + bad_input + in_quarantine + in_failed,
+        },
+        "transitions": state.totals.get("transitions", 0),
+        "windows": state.totals.get("windows", 0),
+        "prompt_tokens": state.totals.get("prompt_tokens", 0),
+        "completion_tokens": state.totals.get("completion_tokens", 0),
+        "seconds": round(seconds, 2),
+        "transitions_per_s": round(state.totals.get("transitions", 0) / max(seconds, 1e-9), 1),
+        "parse_failure_rate": round(state.step_status.get("parse_error", 0) / steps, 4) if steps else 0.0,
+        "step_status": dict(state.step_status),
+        "episode_status": dict(state.episode_status),
+    }
+
+
+def run(cfg: Config) -> dict:
+    """Label what needs labeling; returns the summary (also written to OUT/summary.json)."""
+    from rgvlm_ray.ray_utils import init_ray
+
+    lc = cfg.label
+    if storage.join(lc.in_path, "") == storage.join(lc.out_path, ""):
+        raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
+    check_config(cfg.engine, cfg.labeler)
+    state = RunState(
+        cfg, labeler_name(cfg.engine.kind, cfg.labeler), labeler_fingerprint(cfg.engine, cfg.labeler)
+    )
+    start = time.perf_counter()
+    todo = plan(state)
+    log.info(
+        "%d shard(s) to label, %d current, %d leased by another run",
+        len(todo),
+        len(state.skipped_current),
+        len(state.skipped_leased),
+    )
+    if todo:
+        init_ray(cfg.ray)
+        with Heartbeat(state.leases, lc.lease_ttl_s):
+            try:
+                good = quarantine_bad_shards(state, todo)
+                if good:
+                    label_shards(state, good)
+            finally:
+                # Leases still held mean the run broke: leave a record and free the shard (finish releases).
+                by_name = {s.name: s for s in todo}
+                for name in list(state.leases):
+                    finish(
+                        state, by_name[name], mf.FAILED, error="the run stopped before this shard was written"
+                    )
+    summary = summarize(state, time.perf_counter() - start)
+    records = mf.load_records(state.out, cfg.storage)
+    summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
+    mf.write_manifest(state.out, records, cfg.storage, summary["status"])
+    with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
+        f.write(json.dumps(summary, indent=2).encode())
+    return summary
+
+
+def exit_code(summary: dict, allow_quarantine: bool) -> int:
+    """Print the balance check and what needs attention; 0 only if nothing does (codes: module docstring)."""
+    ep, shards = summary["episodes"], summary["shards"]
+    print(
+        f"episodes in {ep['in']} = labeled {ep['labeled']} + engine errors {ep['errored']} + bad input "
+        f"{ep['bad_input']} + in quarantined shards {ep['in_quarantined_shards']} + in failed shards "
+        f"{ep['in_failed_shards']}: " + ("balanced" if ep["balanced"] else "NOT BALANCED")
+    )
+    if shards["unreadable"]:
+        print(f"note: unreadable shards have unknown episode counts: {', '.join(shards['unreadable'])}")
+    if ep["bad_input"]:
+        print(
+            f"{ep['bad_input']} episode(s) have input that cannot be labeled (see *_episode_error); they are "
+            "not retried until the input or the labeler changes (or label.retry_errors=true)"
+        )
+    if not ep["balanced"]:
+        return EXIT_FAILED
+    if shards["failed"]:
+        print(f"failed shards (rerun to retry): {', '.join(shards['failed'])}")
+        return EXIT_FAILED
+    if shards["quarantined"] and not allow_quarantine:
+        manifest = storage.join(summary["out"], "_manifest.json")
+        print(f"quarantined shards (see {manifest}): {', '.join(shards['quarantined'])}")
+        print("exiting non-zero; pass --allow-quarantine to accept them")
+        return EXIT_FAILED
+    incomplete = shards["skipped_leased_by_other_run"] + shards["with_engine_errors"]
+    if incomplete:
+        print(
+            f"INCOMPLETE (exit {EXIT_INCOMPLETE}): {len(shards['skipped_leased_by_other_run'])} shard(s) leased by "
+            f"another run, {len(shards['with_engine_errors'])} with engine errors: rerun to finish them "
+            "(`rgvlm label --status` lists every shard)"
+        )
+        return EXIT_INCOMPLETE
+    return EXIT_OK

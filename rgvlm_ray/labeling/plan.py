@@ -1,0 +1,113 @@
+"""Planning a labeling run: which input shards need labels, leased so concurrent runs never share one."""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labeling import manifest as mf
+from rgvlm_ray.labeling.leases import Lease, new_run_id
+from rgvlm_ray.labelstore import layout
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ShardPlan:
+    name: str  # relative to the input root; its label shard and record carry the same name
+    path: str
+    identity: str
+    rows_in: int | None = None
+
+
+@dataclass
+class RunState:
+    """One run's plan and progress. The driver holds only this: counts and records, never episodes."""
+
+    cfg: Config
+    name: str  # labeler name
+    fingerprint: str
+    run_id: str = field(default_factory=new_run_id)
+    inputs: list[str] = field(default_factory=list)  # every input shard's name, for the status
+    records: dict[str, mf.ShardRecord] = field(default_factory=dict)
+    leases: dict[str, Lease] = field(default_factory=dict)
+    skipped_current: list[str] = field(default_factory=list)
+    skipped_leased: list[str] = field(default_factory=list)
+    totals: Counter = field(default_factory=Counter)
+    step_status: Counter = field(default_factory=Counter)
+    episode_status: Counter = field(default_factory=Counter)
+
+    @property
+    def out(self) -> str:
+        return self.cfg.label.out_path
+
+
+def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
+    try:
+        paths = fmt.list_shards(in_path, cfg)
+    except FileNotFoundError as exc:
+        raise UsageError(str(exc)) from None
+    if not paths:
+        raise UsageError(f"no .parquet shards under {in_path}")
+    if layout.is_label_shard(paths[0], cfg):
+        raise UsageError(f"--in {in_path} is a label set: pass the raw dataset it was made from")
+    return paths
+
+
+def output_intact(record: mf.ShardRecord, cfg: StorageConfig) -> bool:
+    """A finished record's label shard is still there, whole (a truncated or deleted one is relabeled)."""
+    if record.status == mf.QUARANTINED:
+        return True
+    fs, p = storage.get_fs(record.output, cfg)
+    try:
+        return bool(record.output) and int(fs.info(p)["size"]) == record.bytes_out
+    except FileNotFoundError:
+        return False
+
+
+def plan(state: RunState) -> list[ShardPlan]:
+    lc, sc = state.cfg.label, state.cfg.storage
+    paths = input_shards(lc.in_path, sc)
+    state.records = mf.load_records(state.out, sc)
+    todo = []
+    for path in paths:
+        name = layout.relative_name(lc.in_path, path)
+        state.inputs.append(name)
+        identity = storage.content_identity(path, sc)
+        record = state.records.get(name)
+        current = record is not None and record.is_current(identity, state.fingerprint, lc.retry_errors)
+        if current and not output_intact(record, sc):  # type: ignore[arg-type]
+            log.warning("%s: its label shard is missing or damaged; labeling it again", name)
+            current = False
+        if current and not lc.force:
+            state.skipped_current.append(name)
+            continue
+        lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
+        if not lease.acquire():
+            state.skipped_leased.append(name)
+            continue
+        state.leases[name] = lease
+        todo.append(ShardPlan(name, path, identity))
+    return todo
+
+
+def check_shard(path: str, cfg: StorageConfig) -> dict:
+    """Read and validate one shard (runs as a Ray task). Never raises for bad input."""
+    try:
+        table = fmt.read_shard(path, cfg)
+    except Exception as exc:
+        return {"ok": False, "rows": None, "error": str(exc)}
+    issues = fmt.validate_table(table, storage.basename(path))
+    ids = table.column("episode_id").to_pylist() if "episode_id" in table.column_names else []
+    issues += fmt.duplicate_ids({storage.basename(path): ids})
+    if issues:
+        shown = "; ".join(str(i) for i in issues[:5]) + (
+            f"; ... {len(issues) - 5} more" if len(issues) > 5 else ""
+        )
+        return {"ok": False, "rows": table.num_rows, "error": f"invalid: {shown}"}
+    return {"ok": True, "rows": table.num_rows, "error": ""}

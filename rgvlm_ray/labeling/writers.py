@@ -1,0 +1,82 @@
+"""Label shards, written by Ray workers: never by the driver, never half-visible.
+
+Each actor writes the labels of its batch (episode ids and label columns, no frames) as a part file under
+`_parts/<shard>/`. When the driver has counted every episode of a shard, a Ray task gathers that shard's parts,
+checks them against the raw shard's episode ids, writes the label shard atomically, and deletes the parts.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import replace
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import StorageConfig
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.labeling import chaos
+from rgvlm_ray.labeling import manifest as mf
+from rgvlm_ray.labelstore import layout
+
+
+def write_part(table: pa.Table, out: str, shard: str, run_id: str, cfg: StorageConfig) -> str:
+    path = storage.join(layout.parts_prefix(out, shard), f"{run_id}-{uuid.uuid4().hex[:12]}.parquet")
+    fmt.write_shard(table, path, cfg)
+    return path
+
+
+def finalize(
+    out: str, record: mf.ShardRecord, parts: list[str], tokens: dict, chaos_spec: str, cfg: StorageConfig
+):
+    """Gather `parts` into the label shard `out/<shard>`, then write its manifest record (runs as a Ray task, so
+    a shard and its record land together even if the driver dies). Returns the record."""
+    labeler = record.labeler
+    ids = fmt.read_shard(record.input, cfg, columns=["episode_id"]).column("episode_id")
+    schema = pa.schema([pa.field("episode_id", pa.string()), *fmt.label_schema(labeler)])
+    tables = [fmt.conform(fmt.read_shard(p, cfg)).select(schema.names) for p in parts]
+    labels = pa.concat_tables([schema.empty_table(), *tables])
+    index = pc.index_in(ids, value_set=labels.column("episode_id"))  # first match: a retried batch's twin
+    if index.null_count:
+        raise RuntimeError(
+            f"{record.shard}: {index.null_count} of {len(ids)} episodes have no labels in {parts}"
+        )
+    table = labels.take(index)
+    meta = layout.LabelMeta(record.shard, record.identity, labeler, record.fingerprint, table.num_rows)
+    data = layout.label_shard_bytes(table, meta)
+    path = layout.shard_path(out, record.shard)
+    with storage.atomic_open(path, cfg) as f:
+        f.write(data[: len(data) // 2])
+        chaos.during_write(chaos_spec)
+        f.write(data[len(data) // 2 :])
+    stats = {**shard_stats(table, labeler), **tokens}
+    errors, bad = stats["episode_status"].get("error", 0), stats["episode_status"].get("bad_input", 0)
+    record = replace(
+        record,
+        status=mf.DONE_WITH_ERRORS if errors else mf.DONE_BAD_INPUT if bad else mf.DONE,
+        rows_out=table.num_rows,
+        episodes_error=errors + bad,
+        output=path,
+        bytes_out=len(data),
+        finished=time.time(),
+        stats=stats,
+    )
+    mf.write_record(out, record, cfg)
+    fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
+    if fs.exists(prefix):
+        fs.rm(prefix, recursive=True)
+    return record
+
+
+def shard_stats(table: pa.Table, name: str) -> dict:
+    col = lambda s: table.column(fmt.label_column(name, s))  # noqa: E731
+    return {
+        "episodes": table.num_rows,
+        "transitions": int(pc.sum(pc.list_value_length(col("reward"))).as_py() or 0),
+        "windows": int(pc.sum(pc.list_value_length(col("analysis"))).as_py() or 0),
+        "step_status": dict(Counter(pc.list_flatten(col("status")).to_pylist())),
+        "episode_status": dict(Counter(col("episode_status").to_pylist())),
+    }

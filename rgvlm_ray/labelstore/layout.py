@@ -1,0 +1,77 @@
+"""A label set: what one labeling wrote, in its own folder or prefix beside the raw dataset (docs/format.md).
+
+    LABELS/
+      <shard>.parquet    one per raw shard, same relative name: `episode_id` + the labeler's `<name>_*` columns.
+                         Footer metadata `rgvlm.labels`: raw shard name and content identity, labeler, fingerprint.
+      _manifest/ _manifest.json summary.json   what the labeling job did (rgvlm_ray/labeling/manifest.py)
+      _leases/ _parts/   in-flight state of running jobs; names starting with `_` are never shards
+
+A label shard is written once, atomically, by a Ray worker, after every episode of its raw shard is labeled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import pyarrow as pa
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import StorageConfig
+from rgvlm_ray.data import format as fmt
+
+LABELS_KEY = b"rgvlm.labels"
+
+
+@dataclass(frozen=True)
+class LabelMeta:
+    raw_shard: str  # the raw shard's path relative to the raw root
+    raw_identity: str  # its content identity when labeled (S3 ETag or sha256)
+    labeler: str  # the column prefix
+    fingerprint: str
+    episodes: int
+
+
+def relative_name(root: str, path: str) -> str:
+    """A shard's path relative to its dataset root: the name its label shard and records carry."""
+    if path == root:
+        return storage.basename(path)
+    return path[len(root.rstrip("/")) + 1 :]
+
+
+def shard_path(labels: str, name: str) -> str:
+    return storage.join(labels, name)
+
+
+def parts_prefix(labels: str, name: str) -> str:
+    """Where actors leave a shard's labeled batches until the shard is complete."""
+    return storage.join(labels, "_parts", name.replace("/", "__"))
+
+
+def label_shard_bytes(table: pa.Table, meta: LabelMeta) -> bytes:
+    """One label shard as Parquet bytes, its metadata in the footer."""
+    extra = {LABELS_KEY: json.dumps(asdict(meta)).encode()}
+    return fmt.shard_bytes(table.replace_schema_metadata({**(table.schema.metadata or {}), **extra}))
+
+
+def label_meta(schema: pa.Schema) -> LabelMeta | None:
+    raw = (schema.metadata or {}).get(LABELS_KEY)
+    return LabelMeta(**json.loads(raw)) if raw else None
+
+
+def is_label_shard(path: str, cfg: StorageConfig) -> bool:
+    """True for a readable label shard; False for anything else, unreadable files included (validation reports
+    those)."""
+    try:
+        return label_meta(fmt.read_schema(path, cfg)) is not None
+    except (OSError, ValueError):  # pyarrow: ArrowInvalid is a ValueError, IO errors are OSErrors
+        return False
+
+
+def is_label_set(path: str, cfg: StorageConfig) -> bool:
+    """True if the first shard under `path` is a label shard (labels only, no episodes)."""
+    try:
+        shards = fmt.list_shards(path, cfg)
+    except FileNotFoundError:
+        return False
+    return bool(shards) and is_label_shard(shards[0], cfg)
