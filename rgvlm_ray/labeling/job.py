@@ -39,10 +39,9 @@ log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
 
 
-def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
-    """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
-    now = time.time()
-    record = mf.ShardRecord(
+def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object) -> mf.ShardRecord:
+    """This run's record of `shard`; `fields` fill in the rest (error, started, ...)."""
+    return mf.ShardRecord(
         shard=shard.name,
         input=shard.path,
         identity=shard.identity,
@@ -51,15 +50,24 @@ def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> 
         status=status,
         rows_in=shard.rows_in,
         run_id=state.run_id,
-        started=fields.pop("started", now),  # type: ignore[arg-type]
-        finished=now,
         **fields,  # type: ignore[arg-type]
     )
-    mf.write_record(state.out, record, state.cfg.storage)
-    state.records[shard.name] = record
-    lease = state.leases.pop(shard.name, None)
+
+
+def settle(state: RunState, record: mf.ShardRecord) -> None:
+    """A shard's record is written: keep it and free the shard's lease."""
+    state.records[record.shard] = record
+    lease = state.leases.pop(record.shard, None)
     if lease is not None:
         lease.release()
+
+
+def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
+    """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
+    now = time.time()
+    record = new_record(state, shard, status, started=fields.pop("started", now), finished=now, **fields)
+    mf.write_record(state.out, record, state.cfg.storage)
+    settle(state, record)
 
 
 def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[ShardPlan]:
@@ -133,17 +141,7 @@ class Writers:
 
     def submit(self, shard: ShardPlan, parts: list[str], tokens: Counter) -> None:
         s, lc = self.state, self.state.cfg.label
-        record = mf.ShardRecord(
-            shard=shard.name,
-            input=shard.path,
-            identity=shard.identity,
-            fingerprint=s.fingerprint,
-            labeler=s.name,
-            status="writing",
-            rows_in=shard.rows_in,
-            run_id=s.run_id,
-            started=self.started,
-        )
+        record = new_record(s, shard, "writing", started=self.started)  # the writer sets status and results
         ref = self.task.remote(lc.out_path, record, parts, dict(tokens), lc.chaos, s.cfg.storage)
         self.pending[ref] = shard
 
@@ -171,10 +169,7 @@ class Writers:
             s.totals[key] += stats.get(key, 0)
         s.step_status.update(stats["step_status"])
         s.episode_status.update(stats["episode_status"])
-        s.records[record.shard] = record
-        lease = s.leases.pop(record.shard, None)
-        if lease is not None:
-            lease.release()
+        settle(s, record)
         log.info("wrote %s: %d episodes, %s", record.output, record.rows_out, record.status)
 
 
