@@ -72,12 +72,31 @@ class InspectConfig:
 
 
 @dataclass
-class ExportConfig:
-    """`rgvlm export`: raw episodes joined with label sets, written as one table per shard (docs/format.md)."""
+class ImportConfig:
+    """`rgvlm import minari|lerobot SOURCE --out RAW`: a dataset in its own format -> our shards (docs/import.md)."""
 
+    format: str = ""  # required: minari | lerobot
+    source: str = ""  # required: Minari dataset id or folder; LeRobot dataset folder or s3:// prefix
+    out: str = ""  # required: folder or s3:// prefix
+    goal: str = ""  # goal text for datasets that carry none (a Minari dataset without `mission`)
+    camera: str = ""  # LeRobot video key, e.g. observation.images.top; empty: the dataset's only camera
+    frame_stride: int = 1  # keep every Nth frame; the kept step's action is the first of its N (docs/import.md)
+    image_size: int = 0  # downscale frames whose longest side exceeds this before PNG-encoding; 0: keep
+    episodes_per_shard: int = 50  # Minari: episodes per Ray task and shard (LeRobot: one task per data file)
+    num_cpus_per_task: float = 0.5
+    overwrite: bool = False
+
+
+@dataclass
+class ExportConfig:
+    """`rgvlm export [parquet|minari|lerobot]`: raw episodes with rewards from label sets (docs/export.md)."""
+
+    format: str = "parquet"  # parquet (joined shards) | minari | lerobot
     in_path: str = ""  # required: raw dataset
     labels: list[str] = field(default_factory=list)
-    out: str = ""  # required
+    out: str = ""  # required: folder or s3:// prefix; minari: a dataset id (written under MINARI_DATASETS_PATH)
+    reward: str = "sparse"  # minari/lerobot: the reward mode written as the dataset's reward (train.reward's grammar)
+    source: str = ""  # minari/lerobot: the imported dataset; empty: where `rgvlm import` read it (shard metadata)
     overwrite: bool = False
 
 
@@ -137,6 +156,10 @@ class LabelerConfig:
     num_samples: int = 1  # self-consistency: scoring samples per window (mean kept, std in score_std)
     max_parse_retries: int = 2  # extra scoring attempts when an answer is not JSON of the right shape
     max_goal_chars: int = 500  # longer goals are truncated before they reach the prompt
+    # How actions reach the prompt (docs/format.md): auto uses `action_texts` when a dataset has them, else renders
+    # them; render always renders: discrete ids by name, continuous vectors as `name=value` per dimension.
+    action_text: str = "auto"  # auto | render
+    action_decimals: int = 2  # continuous values are rounded to this many decimals
     oracle_noise: float = (
         0.3  # noisy_oracle: P(a step is chosen); chosen steps swap labels within the episode
     )
@@ -318,6 +341,7 @@ class Config:
     env: EnvConfig = field(default_factory=EnvConfig)
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     inspect: InspectConfig = field(default_factory=InspectConfig)
+    importer: ImportConfig = field(default_factory=ImportConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)

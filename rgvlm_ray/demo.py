@@ -84,7 +84,7 @@ def label(state: Workspace, labeler: str) -> int:
 def train(state: Workspace, reward: str) -> int:
     """One IQL run on `reward` (train.reward): the raw data joined with the label sets the reward names."""
     from rgvlm_ray.iql import trainer
-    from rgvlm_ray.iql.rewards import labelers_in
+    from rgvlm_ray.labelstore.rewards import labelers_in
 
     cfg = state.cfg
     t = replace(
@@ -124,7 +124,7 @@ def compare(state: Workspace) -> None:
 
 def check_rewards(rewards: list[str]) -> None:
     """Every mode must be one `rgvlm train` knows and use only the labelers the demo runs."""
-    from rgvlm_ray.iql.rewards import labelers_in
+    from rgvlm_ray.labelstore.rewards import labelers_in
 
     for reward in rewards:
         unknown = [x for x in labelers_in(reward) if x not in LABELERS]  # UsageError for a malformed mode

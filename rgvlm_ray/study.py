@@ -92,8 +92,8 @@ def plan_arms(
 
 
 def validate(cfg: Config) -> None:
-    from rgvlm_ray.iql.rewards import reward_terms
     from rgvlm_ray.labelers.engines import LVLM_ENGINES
+    from rgvlm_ray.labelstore.rewards import reward_terms
 
     s = cfg.study
     if not s.out:
@@ -199,7 +199,7 @@ class Corpus:
 
     def labels_for(self, reward: str) -> list[str]:
         """The label sets a reward mode reads: only those its terms name."""
-        from rgvlm_ray.iql.rewards import labelers_in
+        from rgvlm_ray.labelstore.rewards import labelers_in
 
         return [self.labels[name] for name in labelers_in(reward)]
 

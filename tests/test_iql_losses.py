@@ -17,9 +17,15 @@ from rgvlm_ray.iql.losses import (
     twin_q_loss,
 )
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
-from rgvlm_ray.iql.rewards import check_columns, check_weights, episode_rewards, labelers_in, reward_columns
 from rgvlm_ray.iql.update import ReplayBuffer, fit, history_lengths, iql_update, make_optimizer, q_heads
 from rgvlm_ray.iql.vocab import Vocab, tokenize
+from rgvlm_ray.labelstore.rewards import (
+    check_columns,
+    check_weights,
+    episode_rewards,
+    labelers_in,
+    reward_columns,
+)
 
 
 @pytest.fixture(autouse=True)

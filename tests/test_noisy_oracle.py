@@ -11,10 +11,10 @@ import pytest
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.iql.rewards import episode_rewards
 from rgvlm_ray.labelers.labeler import build_labeler, check_config, labeler_fingerprint, labeler_name
 from rgvlm_ray.labelers.noisy_oracle import noise_of, noisy_label, noisy_name
 from rgvlm_ray.labelers.oracle import oracle_label
+from rgvlm_ray.labelstore.rewards import episode_rewards
 from tests.helpers import generated_table
 from tests.test_pipeline_label import label, read_output, summary_of, write_dataset
 

@@ -14,32 +14,39 @@ from PIL import Image
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
+from rgvlm_ray.data.actions import is_continuous_type
+from rgvlm_ray.errors import UsageError
 
 SCHEMA_VERSION = "1"
 SCHEMA_VERSION_KEY = b"rgvlm.schema_version"
 SPLITS = ("seen", "randomized")
 
-# Columns every shard must have, with their Arrow types.
+# Columns every shard must have, with their Arrow types. `actions` may instead be list<list<float32>>
+# (one vector per step) for continuous actions: see rgvlm_ray/data/actions.py.
 CORE_FIELDS: list[pa.Field] = [
     pa.field("episode_id", pa.string(), nullable=False),
     pa.field("goal", pa.string(), nullable=False),
-    pa.field("subtasks", pa.list_(pa.string())),
-    pa.field("num_subtasks", pa.int32()),
-    pa.field("frames", pa.list_(pa.binary())),  # PNG, T+1 agent-view observations
+    pa.field("frames", pa.list_(pa.binary())),  # PNG, T+1 observations (the agent's view, or a camera)
     pa.field("actions", pa.list_(pa.int32())),
-    pa.field("action_texts", pa.list_(pa.string())),
-    pa.field("rewards", pa.list_(pa.float32())),  # the environment's sparse reward
+    pa.field("rewards", pa.list_(pa.float32())),  # the environment's sparse reward (zeros if it has none)
     pa.field("terminated", pa.bool_()),
     pa.field("truncated", pa.bool_()),
+]
+CONTINUOUS_ACTIONS = pa.list_(pa.list_(pa.float32()))
+# Optional columns: our generator writes the first ones, importers the `source_*` ones. Commands that need one
+# say so (e.g. label-report needs `progress`, evaluation needs `seed` and `split`).
+OPTIONAL_FIELDS: list[pa.Field] = [
+    pa.field("action_texts", pa.list_(pa.string())),  # else rendered from actions (docs/format.md)
+    pa.field("subtasks", pa.list_(pa.string())),
+    pa.field("num_subtasks", pa.int32()),
     pa.field("progress", pa.list_(pa.int32())),  # sub-tasks done after each step; null if unknown
     pa.field("seed", pa.int64()),
     pa.field("split", pa.string()),
-]
-# Optional columns our generator writes; other datasets may lack them.
-OPTIONAL_FIELDS: list[pa.Field] = [
     pa.field("frames_full", pa.list_(pa.binary())),  # PNG, T+1 top-down views for the LVLM judge
     pa.field("symbolic", pa.list_(pa.binary())),  # T+1 BabyAI 7x7x3 uint8 grids, raw bytes
     pa.field("directions", pa.list_(pa.int8())),  # T+1 agent directions 0..3
+    pa.field("source_episode", pa.int64()),  # the episode's index in the imported dataset
+    pa.field("source_frames", pa.list_(pa.int64())),  # T+1: each kept frame's index in the source episode
 ]
 EPISODE_SCHEMA = pa.schema(CORE_FIELDS + OPTIONAL_FIELDS)
 CORE_COLUMNS = [f.name for f in CORE_FIELDS]
@@ -47,8 +54,8 @@ SYMBOLIC_SHAPE = (7, 7, 3)
 
 # Per-step columns: their length relative to the number of actions T.
 STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0}
-FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1}
-NULLABLE_COLUMNS = {"progress", "frames_full", "symbolic", "directions"}  # unknown or not recorded
+FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1, "source_frames": 1}
+NULLABLE_COLUMNS = {f.name for f in OPTIONAL_FIELDS}  # unknown or not recorded
 
 # Label columns: every labeler (rgvlm, clip, oracle, noisyNN) writes the same suffixes under its own prefix,
 # so one dataset can carry several labelings and `train --reward MODE` picks one by name.
@@ -144,6 +151,8 @@ class ValidationIssue:
 def conform(table: pa.Table) -> pa.Table:
     """Cast known columns to the canonical types (extra columns, e.g. labels, pass through)."""
     types = {f.name: f.type for f in EPISODE_SCHEMA}
+    if "actions" in table.column_names and is_continuous_type(table.schema.field("actions").type):
+        types["actions"] = CONTINUOUS_ACTIONS
     for labeler in (*LABELERS, *_noisy_labelers(table.column_names, LABEL_FIELDS)):
         types.update({f.name: f.type for f in label_schema(labeler)})
     fields = [pa.field(n, types.get(n, table.schema.field(n).type)) for n in table.column_names]
@@ -154,6 +163,27 @@ def with_version(table: pa.Table) -> pa.Table:
     meta = dict(table.schema.metadata or {})
     meta[SCHEMA_VERSION_KEY] = SCHEMA_VERSION.encode()
     return table.replace_schema_metadata(meta)
+
+
+def require_columns(schema: pa.Schema | Iterable[str], columns: Iterable[str], who: str, why: str) -> None:
+    """Refuse, naming what is missing and why `who` needs it, when a dataset lacks generator-only columns."""
+    names = set(schema.names if isinstance(schema, pa.Schema) else schema)
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise UsageError(
+            f"{who} needs column(s) {', '.join(missing)} ({why}), which this dataset lacks; "
+            "datasets from `rgvlm generate` carry them (docs/format.md)"
+        )
+
+
+def refuse_existing(out: str, overwrite: bool, cfg: StorageConfig | None) -> None:
+    """Refuse to write shards over a dataset unless asked to."""
+    try:
+        existing = list_shards(out, cfg)
+    except FileNotFoundError:
+        return
+    if existing and not overwrite:
+        raise UsageError(f"{out} already holds {len(existing)} shard(s); pass --overwrite to replace them")
 
 
 def shard_bytes(table: pa.Table) -> bytes:
@@ -233,6 +263,8 @@ def validate_table(table: pa.Table, shard: str, decode: bool = False) -> list[Va
     for f in EPISODE_SCHEMA:
         if f.name in table.column_names:
             actual = table.schema.field(f.name).type
+            if f.name == "actions" and is_continuous_type(actual):
+                f = pa.field("actions", CONTINUOUS_ACTIONS)
             if not _compatible(actual, f.type):
                 issues.append(ValidationIssue(shard, None, f.name, f"type {actual}, expected {f.type}"))
     if issues:
@@ -282,9 +314,11 @@ def _validate_episode(row: dict, shard: str, decode: bool) -> list[ValidationIss
             continue
         if len(value) != t + extra:
             bad(column, f"length {len(value)}, expected {t + extra} ({t} actions{' + 1' if extra else ''})")
-    if row["split"] not in SPLITS:
+    if row.get("split") is not None and row["split"] not in SPLITS:
         bad("split", f"{row['split']!r} is not one of {SPLITS}")
-    if row["subtasks"] is not None and row["num_subtasks"] != len(row["subtasks"]):
+    if isinstance(actions[0], list) and len({len(a) for a in actions}) > 1:
+        bad("actions", f"continuous actions of different sizes {sorted({len(a) for a in actions})}")
+    if row.get("subtasks") is not None and row.get("num_subtasks") != len(row["subtasks"]):
         bad("num_subtasks", f"{row['num_subtasks']} but {len(row['subtasks'])} subtasks listed")
     progress = row.get("progress")
     if progress is not None and any(b < a for a, b in zip(progress, progress[1:], strict=False)):

@@ -13,7 +13,7 @@ import pyarrow as pa
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config, EnvConfig, GenerateConfig, StorageConfig
+from rgvlm_ray.config import Config, EnvConfig, GenerateConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.env import (
     ACTION_TEXTS,
@@ -158,17 +158,6 @@ def _generate_shard(cfg: Config, plan: list[tuple[int, int]], path: str) -> dict
     return {**shard_stats(table), "bytes": nbytes, "path": path}
 
 
-def check_output(out: str, storage_cfg: StorageConfig, overwrite: bool) -> None:
-    if overwrite:
-        return
-    try:
-        existing = fmt.list_shards(out, storage_cfg)
-    except FileNotFoundError:
-        return
-    if existing:
-        raise UsageError(f"{out} already holds {len(existing)} shard(s); pass --overwrite to replace them")
-
-
 def summarize(results: list[dict], seconds: float) -> dict:
     by_k: dict[int, list[bool]] = defaultdict(list)
     for r in results:
@@ -202,7 +191,7 @@ def run(cfg: Config) -> dict:
     if g.episodes < 1 or g.episodes_per_shard < 1:
         raise UsageError("--episodes and --episodes-per-shard must be positive")
     plan = episode_plan(g)
-    check_output(g.out, cfg.storage, g.overwrite)
+    fmt.refuse_existing(g.out, g.overwrite, cfg.storage)
     init_ray(cfg.ray)
     task = ray.remote(num_cpus=g.num_cpus_per_task)(_generate_shard)
     start = time.perf_counter()

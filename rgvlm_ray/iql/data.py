@@ -26,9 +26,9 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config, EnvConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.iql.rewards import check_columns, episode_rewards, reward_columns
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source
+from rgvlm_ray.labelstore.rewards import check_columns, episode_rewards, reward_columns
 
 if TYPE_CHECKING:
     from rgvlm_ray.iql.update import ReplayBuffer

@@ -18,10 +18,10 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql import checkpoint as ckpt
 from rgvlm_ray.iql import data
 from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, ModelSpec, target_heads
-from rgvlm_ray.iql.rewards import NULL_RULES, check_weights, reward_columns
 from rgvlm_ray.iql.update import iql_update, make_optimizer, metrics_dict
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source, read_dataset
+from rgvlm_ray.labelstore.rewards import NULL_RULES, check_weights, reward_columns
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ for tools that want a single table. Ray tasks write the shards, one per raw shar
 from __future__ import annotations
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelstore.join import Source
@@ -33,7 +33,7 @@ def export(cfg: Config) -> dict:
         raise UsageError("--out must differ from --in")
     source = Source(e.in_path, list(e.labels), cfg.storage)
     shards = source.shards()
-    check_out(e.out, e.overwrite, cfg.storage)
+    fmt.refuse_existing(e.out, e.overwrite, cfg.storage)
     init_ray(cfg.ray)
     task = ray.remote(num_cpus=0.5)(export_shard)
     written = ray.get([task.remote(source, shard, e.out) for shard in shards])
@@ -46,14 +46,3 @@ def export(cfg: Config) -> dict:
         "bytes": sum(w["bytes"] for w in written),
         "columns": source.columns(),
     }
-
-
-def check_out(out: str, overwrite: bool, cfg: StorageConfig) -> None:
-    try:
-        existing = fmt.list_shards(out, cfg)
-    except FileNotFoundError:
-        return
-    if existing and not overwrite:
-        raise UsageError(
-            f"--out {out} already holds {len(existing)} shard(s); pass --overwrite to replace them"
-        )
