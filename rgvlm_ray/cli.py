@@ -190,14 +190,41 @@ COMMANDS: dict[str, Command] = {
             *STORAGE_FLAGS,
         ],
     ),
+    "import": Command(
+        "import a Minari or LeRobot dataset as raw episodes for `rgvlm label` (docs/minari.md, docs/lerobot.md)",
+        "rgvlm_ray.commands.import_data:main",
+        [
+            Flag("FORMAT", "importer.format", help="minari | lerobot", positional=True),
+            Flag(
+                "SOURCE",
+                "importer.source",
+                help="Minari id or folder; LeRobot folder or s3:// prefix",
+                positional=True,
+            ),
+            Flag("--out", "importer.out", help="raw dataset: folder or s3:// prefix"),
+            Flag("--goal", "importer.goal", help="goal text for datasets without one"),
+            Flag("--camera", "importer.camera", help="LeRobot video key (default: the only camera)"),
+            Flag("--frame-stride", "importer.frame_stride", int, "keep every Nth frame"),
+            Flag("--image-size", "importer.image_size", int, "downscale frames to this longest side"),
+            Flag("--overwrite", "importer.overwrite", bool, "replace existing shards"),
+            *STORAGE_FLAGS,
+        ],
+    ),
     "export": Command(
-        "write raw episodes joined with label sets as one table per shard (for tools that want one table)",
+        "write raw episodes with rewards from label sets: joined Parquet shards, or a Minari or LeRobot dataset",
         "rgvlm_ray.commands.export:main",
         [
+            Flag("FORMAT", "export.format", help="parquet (default) | minari | lerobot", positional=True),
             Flag("--in", "export.in_path", help="raw dataset: folder or s3:// prefix"),
             Flag("--labels", "export.labels", list, "label set joined to --in (repeatable)"),
-            Flag("--out", "export.out", help="output folder or s3:// prefix"),
-            Flag("--overwrite", "export.overwrite", bool, "replace existing shards"),
+            Flag("--reward", "export.reward", help="minari/lerobot: reward mode written, e.g. rgvlm+sparse"),
+            Flag(
+                "--source",
+                "export.source",
+                help="minari/lerobot: the imported dataset (default: as imported)",
+            ),
+            Flag("--out", "export.out", help="folder or s3:// prefix (minari: a dataset id)"),
+            Flag("--overwrite", "export.overwrite", bool, "replace an existing output"),
             *STORAGE_FLAGS,
         ],
     ),
@@ -253,9 +280,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _split_overrides(args: argparse.Namespace, cmd: Command) -> tuple[dict[str, Any], list[str]]:
     flags = {f.key: getattr(args, f.key) for f in cmd.flags if getattr(args, f.key) is not None}
+    positional = {f.key for f in cmd.flags if f.positional}
     dotlist = list(args.overrides)
     for key, value in list(flags.items()):
-        if isinstance(value, list):  # a list positional swallows the key=value overrides after it
+        if isinstance(value, str) and "=" in value and key in positional:  # an override, not the positional
+            dotlist.insert(0, flags.pop(key))
+        elif isinstance(value, list):  # a list positional swallows the key=value overrides after it
             flags[key] = [v for v in value if "=" not in v]
             dotlist = [v for v in value if "=" in v] + dotlist
     return flags, dotlist

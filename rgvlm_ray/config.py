@@ -80,7 +80,9 @@ class ImportConfig:
     out: str = ""  # required: folder or s3:// prefix
     goal: str = ""  # goal text for datasets that carry none (a Minari dataset without `mission`)
     camera: str = ""  # LeRobot video key, e.g. observation.images.top; empty: the dataset's only camera
-    frame_stride: int = 1  # keep every Nth frame; the kept step's action is the first of its N (docs/import.md)
+    frame_stride: int = (
+        1  # keep every Nth frame; the kept step's action is the first of its N (docs/import.md)
+    )
     image_size: int = 0  # downscale frames whose longest side exceeds this before PNG-encoding; 0: keep
     episodes_per_shard: int = 50  # Minari: episodes per Ray task and shard (LeRobot: one task per data file)
     num_cpus_per_task: float = 0.5
@@ -94,9 +96,15 @@ class ExportConfig:
     format: str = "parquet"  # parquet (joined shards) | minari | lerobot
     in_path: str = ""  # required: raw dataset
     labels: list[str] = field(default_factory=list)
-    out: str = ""  # required: folder or s3:// prefix; minari: a dataset id (written under MINARI_DATASETS_PATH)
-    reward: str = "sparse"  # minari/lerobot: the reward mode written as the dataset's reward (train.reward's grammar)
-    source: str = ""  # minari/lerobot: the imported dataset; empty: where `rgvlm import` read it (shard metadata)
+    out: str = (
+        ""  # required: folder or s3:// prefix; minari: a dataset id (written under MINARI_DATASETS_PATH)
+    )
+    reward: str = (
+        "sparse"  # minari/lerobot: the reward mode written as the dataset's reward (train.reward's grammar)
+    )
+    source: str = (
+        ""  # minari/lerobot: the imported dataset; empty: where `rgvlm import` read it (shard metadata)
+    )
     overwrite: bool = False
 
 

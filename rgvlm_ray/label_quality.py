@@ -150,7 +150,14 @@ def build(
     path: str, labels: list[str], cfg: StorageConfig, labeler: str = ""
 ) -> tuple[list[dict], pa.Table, list[str]]:
     """Reports for `labeler` (or every labeler present) over the dataset at `path` joined with `labels`."""
-    table = load(Source(path, list(labels), cfg))
+    source = Source(path, list(labels), cfg)
+    fmt.require_columns(
+        source.columns(),
+        ["progress", "num_subtasks"],
+        "label-report",
+        "it scores labels against ground truth",
+    )
+    table = load(source)
     present = fmt.labelers_present(table.schema)
     names = [labeler] if labeler else present
     if not names:

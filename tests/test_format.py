@@ -60,8 +60,8 @@ def _issues(table: pa.Table, decode: bool = False) -> list[str]:
 
 
 def test_missing_column_named():
-    issues = _issues(generated_table().drop_columns(["action_texts"]))
-    assert issues == ["s.parquet: column 'action_texts': missing column"]
+    issues = _issues(generated_table().drop_columns(["rewards"]))
+    assert issues == ["s.parquet: column 'rewards': missing column"]
 
 
 def test_length_mismatch_names_episode_and_column():

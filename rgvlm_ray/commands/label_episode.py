@@ -7,8 +7,10 @@ import time
 
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import action_space
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.action_text import with_space
 from rgvlm_ray.labelers.labeler import RGVLMLabeler, build_labeler
 from rgvlm_ray.labelers.rgvlm import EpisodeLabel, to_columns
 
@@ -24,7 +26,8 @@ def find_episode(path: str, episode: str, storage: StorageConfig) -> dict:
         ids = fmt.read_shard(shard, storage, columns=["episode_id"]).column("episode_id").to_pylist()
         if ids and (not episode or episode in ids):
             index = ids.index(episode) if episode else 0
-            return fmt.read_shard(shard, storage).slice(index, 1).to_pylist()[0]
+            table = fmt.read_shard(shard, storage)
+            return with_space(table.slice(index, 1).to_pylist(), action_space(table.schema))[0]
         examples.extend(ids[: 5 - len(examples)])
     if not shards:
         raise UsageError(f"no shards under {path}")

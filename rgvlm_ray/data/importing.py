@@ -105,7 +105,12 @@ def run_tasks(calls: Sequence[Callable[[], Any]], num_cpus: float, desc: str) ->
 
 
 def finish(
-    out: str, results: list[ShardResult], source_episodes: int, source: dict, cfg: StorageConfig | None, start: float
+    out: str,
+    results: list[ShardResult],
+    source_episodes: int,
+    source: dict,
+    cfg: StorageConfig | None,
+    start: float,
 ) -> dict:
     """Write OUT/_import.json and return it; raises if any source episode is unaccounted for."""
     written = sum(r.written for r in results)

@@ -13,7 +13,7 @@ import io
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -25,6 +25,7 @@ from PIL import Image
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, EnvConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import ActionSpace, action_space
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source
@@ -52,6 +53,7 @@ class DatasetInfo:
     pool_seed: int | None  # the generator's seed pool: evaluation re-creates its missions from it
     env: dict[str, Any] | None  # the generator's EnvConfig
     source: str  # where pool_seed/env came from: metadata | episode_id | unknown
+    actions: ActionSpace = field(default_factory=lambda: ActionSpace("discrete"))
 
 
 def inspect_dataset(source: Source) -> DatasetInfo:
@@ -61,24 +63,33 @@ def inspect_dataset(source: Source) -> DatasetInfo:
     fs, first = storage.get_fs(shards[0], cfg)
     with fs.open(first, "rb") as f:
         schema = pq.read_schema(f)
+    space = action_space(schema)
     meta = (schema.metadata or {}).get(GENERATOR_KEY)
     if meta is not None:
         data = json.loads(meta)
-        return DatasetInfo(source, shards, columns, int(data["pool_seed"]), data.get("env"), "metadata")
+        return DatasetInfo(
+            source, shards, columns, int(data["pool_seed"]), data.get("env"), "metadata", space
+        )
     # Shards rewritten without the generator's metadata still name the pool in every episode id.
     ids = fmt.read_shard(shards[0], cfg, columns=["episode_id"])["episode_id"].to_pylist()
     match = EPISODE_ID_RE.match(ids[0]) if ids else None
     if match:
         log.warning("%s: no generator metadata; pool seed %s taken from episode ids", path, match.group(2))
-        return DatasetInfo(source, shards, columns, int(match.group(2)), None, "episode_id")
+        return DatasetInfo(source, shards, columns, int(match.group(2)), None, "episode_id", space)
     log.warning(
         "%s: no generator metadata and unrecognised episode ids: seen-split evaluation is unknown", path
     )
-    return DatasetInfo(source, shards, columns, None, None, "unknown")
+    return DatasetInfo(source, shards, columns, None, None, "unknown", space)
 
 
 def check_dataset(info: DatasetInfo, reward: str, obs_mode: str) -> None:
     in_path = info.data.raw
+    if info.actions.kind != "discrete":
+        raise UsageError(
+            f"{in_path} has continuous actions; `rgvlm train` learns discrete actions only (language-conditioned "
+            "discrete IQL). Train with your own continuous-action learner (d3rlpy, CORL, TorchRL, LeRobot) on "
+            "`rgvlm export minari|lerobot|parquet --in RAW --labels LABELS --reward MODE --out OUT`"
+        )
     check_columns(reward, info.columns, in_path, bool(info.data.labels))
     needed = OBS_COLUMNS[obs_mode]
     if needed not in info.columns:

@@ -106,6 +106,11 @@ def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
         },
         "windows": [lcfg.window, lcfg.overlap],
     }
+    if (lcfg.action_text, lcfg.action_decimals) != (
+        "auto",
+        2,
+    ):  # absent at the defaults: older sets stay current
+        spec["actions"] = [lcfg.action_text, lcfg.action_decimals]
     if ecfg.kind == "openai":  # one model name can mean different models on different endpoints
         spec["endpoint"] = [ecfg.openai.base_url, ecfg.openai.response_format_json_schema]
     return spec

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.labelers import prompts
+from rgvlm_ray.labelers.action_text import action_texts
 from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions
 from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, Engine
 from rgvlm_ray.labelers.images import decode_frames
@@ -89,9 +90,7 @@ def prepare_episode(row: dict, lcfg: LabelerConfig) -> EpisodeLabel:
             raise ValueError(f"column {lcfg.view!r} is missing{hint}")
         if len(frames) != t + 1:
             raise ValueError(f"{lcfg.view!r} has {len(frames)} frames for {t} actions (expected {t + 1})")
-        texts = row.get("action_texts")
-        if texts is None or len(texts) != t:
-            raise ValueError(f"action_texts must hold one text per action ({t})")
+        texts = action_texts(row, lcfg)
         images = decode_frames(frames, lcfg.image_size)
     except ValueError as exc:
         ep.error = str(exc)

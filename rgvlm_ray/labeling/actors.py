@@ -11,6 +11,8 @@ import pyarrow.compute as pc
 from rgvlm_ray import storage
 from rgvlm_ray.config import EngineConfig, LabelConfig, LabelerConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import ActionSpace
+from rgvlm_ray.labelers.action_text import SPACE_KEY
 from rgvlm_ray.labelers.columns import label_columns, num_actions
 from rgvlm_ray.labelers.labeler import build_labeler
 from rgvlm_ray.labeling import chaos
@@ -38,12 +40,14 @@ class LabelActor:
         labeler_cfg: LabelerConfig,
         label_cfg: LabelConfig,
         names: dict[str, str],
+        spaces: dict[str, str],
         run_id: str,
         storage_cfg: StorageConfig,
     ) -> None:
         self.labeler = chaos.wrap(build_labeler(engine_cfg, labeler_cfg), label_cfg.chaos)
         self.timeout_s = label_cfg.batch_timeout_s
         self.out, self.names, self.run_id, self.storage = label_cfg.out_path, names, run_id, storage_cfg
+        self.spaces = {path: ActionSpace.from_json(s) if s else None for path, s in spaces.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.hung = False
 
@@ -53,6 +57,8 @@ class LabelActor:
             # with a fresh engine and retries this batch on it.
             os._exit(1)
         rows = batch.drop_columns([PATH_COL]).to_pylist()
+        for row, path in zip(rows, batch.column(PATH_COL).to_pylist(), strict=True):
+            row[SPACE_KEY] = self.spaces.get(path)  # rendered into the prompt (labelers/action_text.py)
         before = self.labeler.stats()
         try:
             labels = self.pool.submit(self.labeler.label_rows, rows).result(timeout=self.timeout_s)

@@ -26,13 +26,14 @@ from collections import Counter, defaultdict
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config
+from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import LabelActor, stripped
 from rgvlm_ray.labeling.leases import Heartbeat
-from rgvlm_ray.labeling.plan import RunState, ShardPlan, check_shard, plan
+from rgvlm_ray.labeling.plan import RunState, ShardPlan, check_shard, input_shards, plan
 from rgvlm_ray.labeling.writers import finalize
 
 log = logging.getLogger(__name__)
@@ -78,6 +79,7 @@ def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[Shar
     good = []
     for shard, res in zip(shards, results, strict=True):
         shard.rows_in = res["rows"]
+        shard.actions = res.get("actions", "")
         if res["ok"]:
             good.append(shard)
         else:
@@ -113,6 +115,7 @@ def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Data
         "labeler_cfg": cfg.labeler,
         "label_cfg": lc,
         "names": names,
+        "spaces": {stripped(s.path, cfg.storage): s.actions for s in shards},
         "run_id": state.run_id,
         "storage_cfg": cfg.storage,
     }
@@ -248,6 +251,20 @@ def summarize(state: RunState, seconds: float) -> dict:
     }
 
 
+def check_inputs(cfg: Config) -> None:
+    """Refuse up front what would fail on every episode: the oracles need generator-only `progress`."""
+    if cfg.engine.kind not in ("oracle", "noisy_oracle"):
+        return
+    shards = input_shards(cfg.label.in_path, cfg.storage)
+    if shards:
+        fmt.require_columns(
+            fmt.read_schema(shards[0], cfg.storage),
+            ["progress"],
+            f"--engine {cfg.engine.kind}",
+            "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
+        )
+
+
 def run(cfg: Config) -> dict:
     """Label what needs labeling; returns the summary (also written to OUT/summary.json)."""
     from rgvlm_ray.ray_utils import init_ray
@@ -256,6 +273,7 @@ def run(cfg: Config) -> dict:
     if storage.join(lc.in_path, "") == storage.join(lc.out_path, ""):
         raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
     check_config(cfg.engine, cfg.labeler)
+    check_inputs(cfg)
     state = RunState(
         cfg, labeler_name(cfg.engine.kind, cfg.labeler), labeler_fingerprint(cfg.engine, cfg.labeler)
     )

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import action_space
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease, new_run_id
@@ -23,6 +24,7 @@ class ShardPlan:
     path: str
     identity: str
     rows_in: int | None = None
+    actions: str = ""  # the shard's action space (data/actions.py JSON), from check_shard
 
 
 @dataclass
@@ -110,4 +112,4 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
             f"; ... {len(issues) - 5} more" if len(issues) > 5 else ""
         )
         return {"ok": False, "rows": table.num_rows, "error": f"invalid: {shown}"}
-    return {"ok": True, "rows": table.num_rows, "error": ""}
+    return {"ok": True, "rows": table.num_rows, "error": "", "actions": action_space(table.schema).to_json()}
