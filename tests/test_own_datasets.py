@@ -48,9 +48,11 @@ def test_core_columns_alone_are_a_valid_dataset(tmp_path):
     assert cli.main(["inspect", path]) == 0
 
 
-def test_continuous_actions_validate_and_keep_their_space_through_a_shard(tmp_path):
+def test_continuous_actions_validate_and_keep_their_space_through_a_shard(tmp_path, capsys):
     path = write(continuous(), tmp_path / "raw")
     assert fmt.validate(path) == []
+    assert cli.main(["inspect", path, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["actions"]["names"] == ["x", "y", "grip"]
     shard = fmt.list_shards(path)[0]
     assert action_space(fmt.read_schema(shard)) == ARM
     actions = fmt.read_shard(shard)["actions"].to_pylist()[0]

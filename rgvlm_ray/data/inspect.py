@@ -3,6 +3,7 @@ in label sets joined to it), and whether it is valid."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable
 
@@ -12,6 +13,8 @@ import pyarrow.compute as pc
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import action_space
+from rgvlm_ray.data.importing import source_metadata
 from rgvlm_ray.errors import UsageError
 
 
@@ -37,10 +40,13 @@ def summarize(
     splits: Counter[str] = Counter()
     totals: Counter[str] = Counter()
     columns: list[str] = []
+    meta: dict = {}
     coverage: dict[str, list[int]] = {}
 
     def add(shard: str, name: str, table: pa.Table) -> None:
         columns[:] = columns or table.column_names
+        meta.setdefault("actions", json.loads(action_space(table.schema).to_json()))
+        meta.setdefault("source", source_metadata(table.schema))
         totals["episodes"] += table.num_rows
         if "actions" in table.column_names:
             totals["transitions"] += int(pc.sum(pc.list_value_length(table.column("actions"))).as_py() or 0)
@@ -75,6 +81,8 @@ def summarize(
         "k_histogram": dict(sorted(k_hist.items())),
         "splits": dict(splits),
         "columns": columns,
+        "actions": meta.get("actions"),
+        "source": meta.get("source"),
         "labels": {
             name: {"steps_labeled": d, "steps": t, "coverage": round(d / t, 4) if t else 0.0}
             for name, (d, t) in coverage.items()
@@ -93,7 +101,10 @@ def render(summary: dict) -> str:
         f"splits       {summary['splits']}",
         "k histogram  " + "  ".join(f"k={k}: {n}" for k, n in summary["k_histogram"].items()),
         f"columns      {', '.join(summary['columns'])}",
+        f"actions      {json.dumps(summary['actions'])}",
     ]
+    if summary["source"]:
+        lines.append(f"imported     {json.dumps(summary['source'])}")
     if summary["labels"]:
         for name, c in summary["labels"].items():
             lines.append(
