@@ -1,0 +1,190 @@
+"""`rgvlm import minari ID_OR_PATH --out RAW`: a local Minari dataset (hdf5 or arrow) as raw episodes (docs/minari.md).
+
+Observations map to `frames` as follows: an RGB image space (H x W x 3 uint8) is PNG-encoded as is; a MiniGrid /
+BabyAI dict (`image` 7x7x3 grid, `direction`, `mission`) gives `symbolic`, `directions` and `frames` drawn from the
+grid the way `rgvlm generate` draws them. One Ray task reads `importer.episodes_per_shard` episodes and writes one
+shard; episodes it cannot use are skipped with their reason (data/importing.py keeps the balance).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rgvlm_ray import storage
+from rgvlm_ray.config import Config, ImportConfig, StorageConfig
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import ActionSpace
+from rgvlm_ray.data.env import ACTION_TEXTS, FrameRenderer, encode_png
+from rgvlm_ray.data.importing import ShardResult, Skipped, finish, run_tasks, write_episodes
+from rgvlm_ray.errors import UsageError
+
+MINIGRID_KEYS = {"image", "direction", "mission"}
+
+
+def register_mission_space() -> None:
+    """Minari cannot (de)serialize MiniGrid's MissionSpace by itself (stack.md): register it once."""
+    from minari.serialization import deserialize_space, serialize_space
+    from minigrid.core.mission import MissionSpace
+
+    if MissionSpace in serialize_space.registry:
+        return
+
+    @serialize_space.register(MissionSpace)
+    def _(space: MissionSpace, to_string: bool = True) -> Any:
+        import json
+
+        data = {"type": "MissionSpace"}
+        return json.dumps(data) if to_string else data
+
+    @deserialize_space.register("MissionSpace")
+    def _(data: dict) -> MissionSpace:
+        return MissionSpace(mission_func=lambda: "")
+
+
+def dataset_path(source: str) -> str:
+    """The folder holding the dataset's `data/` (a path as given, else an id under MINARI_DATASETS_PATH)."""
+    from minari.storage import get_dataset_path
+
+    for candidate in (Path(source), Path(source) / "data"):
+        if (candidate / "metadata.json").is_file():
+            return str(candidate)
+    by_id = Path(get_dataset_path(source)) / "data"
+    if (by_id / "metadata.json").is_file():
+        return str(by_id)
+    raise UsageError(
+        f"no local Minari dataset {source!r}: pass a dataset folder, or an id under MINARI_DATASETS_PATH "
+        f"(now {os.environ.get('MINARI_DATASETS_PATH', '~/.minari/datasets')}); `minari download ID` fetches one"
+    )
+
+
+def load(path: str):  # -> minari.MinariDataset
+    register_mission_space()
+    from minari import MinariDataset
+
+    return MinariDataset(path)
+
+
+def observation_kind(space: Any) -> str:
+    """minigrid | image, or a UsageError naming what is supported."""
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Dict) and {"image", "direction"} <= set(space.spaces):
+        return "minigrid"
+    shape = getattr(space, "shape", None)
+    if isinstance(space, spaces.Box) and shape and len(shape) == 3 and shape[-1] == 3:
+        return "image"
+    raise UsageError(
+        f"observation space {space} is not supported: rgvlm import minari needs RGB image observations "
+        "(Box H x W x 3) or MiniGrid/BabyAI dict observations (image, direction, mission)"
+    )
+
+
+def action_space(space: Any, kind: str) -> ActionSpace:
+    from gymnasium import spaces
+
+    if isinstance(space, spaces.Discrete):
+        names = list(ACTION_TEXTS[: int(space.n)]) if kind == "minigrid" else None
+        return ActionSpace("discrete", names=names, n=int(space.n))
+    if isinstance(space, spaces.Box) and len(space.shape) == 1:
+        return ActionSpace(
+            "continuous", n=int(space.shape[0]), low=space.low.tolist(), high=space.high.tolist()
+        )
+    raise UsageError(f"action space {space} is not supported: Discrete(n) or a 1-d Box")
+
+
+def mission_text(obs: dict) -> str | None:
+    mission = obs.get("mission")
+    if mission is None or len(mission) == 0:
+        return None
+    first = mission[0]
+    return (first.decode() if isinstance(first, bytes) else str(first)) or None
+
+
+def episode_row(ep: Any, name: str, kind: str, space: ActionSpace, cfg: ImportConfig) -> dict | Skipped:
+    """One Minari episode as a format row, or why it is skipped."""
+    episode = f"episode {ep.id}"
+    t = len(ep.rewards)
+    if t == 0:
+        return Skipped(episode, "no actions: the episode has length 0")
+    obs = ep.observations
+    goal = (mission_text(obs) if kind == "minigrid" else None) or cfg.goal
+    if not goal:
+        return Skipped(episode, "no goal: the dataset has no mission; pass --goal TEXT")
+    row: dict[str, Any] = {"episode_id": f"minari-{name}-ep{int(ep.id):06d}", "goal": goal}
+    if kind == "minigrid":
+        grids = np.asarray(obs["image"], dtype=np.uint8)
+        renderer = FrameRenderer()
+        row["frames"] = [renderer.png(g) for g in grids]
+        row["symbolic"] = [g.tobytes() for g in grids]
+        row["directions"] = [int(d) for d in obs["direction"]]
+    else:
+        row["frames"] = [encode_png(resize(np.asarray(im, dtype=np.uint8), cfg.image_size)) for im in obs]
+    if len(row["frames"]) != t + 1:
+        return Skipped(episode, f"bad observations: {len(row['frames'])} for {t} steps (expected {t + 1})")
+    actions = np.asarray(ep.actions)
+    if space.kind == "discrete":
+        row["actions"] = [int(a) for a in actions]
+        if space.names:
+            row["action_texts"] = [space.names[a] for a in row["actions"]]
+    else:
+        row["actions"] = actions.reshape(t, -1).astype(np.float32).tolist()
+    row["rewards"] = np.asarray(ep.rewards, dtype=np.float32).tolist()
+    row["terminated"] = bool(ep.terminations[-1])
+    row["truncated"] = bool(ep.truncations[-1]) and not row["terminated"]
+    row["source_episode"] = int(ep.id)
+    return row
+
+
+def resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    if not size or max(rgb.shape[:2]) <= size:
+        return rgb
+    from PIL import Image
+
+    im = Image.fromarray(rgb)
+    im.thumbnail((size, size))
+    return np.asarray(im)
+
+
+def import_chunk(
+    path: str, indices: list[int], index: int, cfg: ImportConfig, source: dict, scfg: StorageConfig
+) -> ShardResult:
+    """One Ray task: read these episodes, write one shard."""
+    ds = load(path)
+    kind = observation_kind(ds.observation_space)
+    space = action_space(ds.action_space, kind)
+    rows, skipped = [], []
+    for ep in ds.iterate_episodes(indices):
+        out = episode_row(ep, source["name"], kind, space, cfg)
+        (skipped if isinstance(out, Skipped) else rows).append(out)
+    return write_episodes(rows, skipped, cfg.out, index, space, source, scfg)
+
+
+def run(cfg: Config) -> dict:
+    from rgvlm_ray.ray_utils import init_ray
+
+    c = cfg.importer
+    path = dataset_path(c.source)
+    ds = load(path)
+    kind = observation_kind(ds.observation_space)
+    action_space(ds.action_space, kind)  # refuse an unsupported space before any task starts
+    if kind == "image" and not c.goal:
+        raise UsageError(f"{c.source} has image observations and no mission: pass --goal TEXT")
+    fmt.refuse_existing(c.out, c.overwrite, cfg.storage)
+    name = (ds.id or storage.basename(c.source)).replace("/", "-")
+    source = {"format": "minari", "dataset": c.source, "id": ds.id, "path": path, "name": name}
+    episodes = [int(i) for i in ds.episode_indices]
+    n = max(1, c.episodes_per_shard)
+    start = time.perf_counter()
+    init_ray(cfg.ray)
+    calls = [
+        partial(import_chunk, path, episodes[i : i + n], i // n, c, source, cfg.storage)
+        for i in range(0, len(episodes), n)
+    ]
+    results = run_tasks(calls, c.num_cpus_per_task, "import minari")
+    return finish(c.out, results, len(episodes), source, cfg.storage, start)
