@@ -77,14 +77,36 @@ def test_import_decodes_each_camera_at_the_data_timestamps(ray_cluster, dataset,
     assert space.kind == "continuous" and space.names == ACTION_NAMES
 
 
-def test_import_from_s3(ray_cluster, dataset, s3_env, tmp_path):
+def test_import_label_export_on_s3(ray_cluster, dataset, s3_env, tmp_path):
     import s3fs
 
     fs = s3fs.S3FileSystem(endpoint_url=s3_env.endpoint_url, key="testing", secret="testing")
     fs.put(dataset, f"{S3_BUCKET}/lerobot-src", recursive=True)
     src, out = f"s3://{S3_BUCKET}/lerobot-src", f"s3://{S3_BUCKET}/lerobot-raw"
     assert cli.main(["import", "lerobot", src, "--camera", WRIST, "--out", out]) == 0
-    assert sorted(imported(out, s3_env)) == [0, 1, 3]
+    rows = imported(out, s3_env)
+    assert sorted(rows) == [0, 1, 3]
+    # the other two of the three commands, on S3 too
+    labels, rewarded = f"s3://{S3_BUCKET}/lerobot-labels", f"s3://{S3_BUCKET}/lerobot-rewarded"
+    assert (
+        cli.main(["label", "--in", out, "--out", labels, "--engine", "clip", "--model", tiny_clip_dir()]) == 0
+    )
+    assert (
+        cli.main(
+            ["export", "lerobot", "--in", out, "--labels", labels, "--reward", "clip", "--out", rewarded]
+        )
+        == 0
+    )
+    label = {
+        r["episode_id"]: r
+        for s in fmt.list_shards(labels, s3_env)
+        for r in fmt.read_shard(s, s3_env).to_pylist()
+    }
+    with fs.open(f"{S3_BUCKET}/lerobot-rewarded/data/chunk-000/file-000.parquet", "rb") as f:
+        data = pq.ParquetFile(f).read().to_pylist()
+    got = [r["reward"] for r in data if r["episode_index"] == 0][:-1]
+    assert np.allclose(got, label[rows[0]["episode_id"]]["clip_reward"], atol=1e-6)
+    assert fs.exists(f"{S3_BUCKET}/lerobot-rewarded/videos/{TOP}/chunk-000/file-000.mp4")
 
 
 def test_camera_must_be_named_when_there_are_several(dataset, tmp_path, capsys):
