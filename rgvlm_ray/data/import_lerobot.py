@@ -78,13 +78,19 @@ def action_space(info: dict) -> ActionSpace:
 
 def tasks(root: str, cfg: StorageConfig | None) -> dict[int, str]:
     """task_index -> text. pandas writes the text as the index column (named `task` or `__index_level_0__`)."""
-    table = read_parquet(storage.join(root, "meta/tasks.parquet"), cfg)
+    try:
+        table = read_parquet(storage.join(root, "meta/tasks.parquet"), cfg)
+    except FileNotFoundError:  # episodes may still name their tasks; else --goal
+        return {}
     text = next(c for c in table.column_names if c != "task_index")
     return dict(zip(table["task_index"].to_pylist(), table[text].to_pylist(), strict=True))
 
 
 def episodes_meta(root: str, cfg: StorageConfig | None) -> list[dict]:
-    shards = sorted(fmt.list_shards(storage.join(root, "meta/episodes"), cfg))
+    try:
+        shards = sorted(fmt.list_shards(storage.join(root, "meta/episodes"), cfg))
+    except FileNotFoundError:
+        raise UsageError(f"{root} has no meta/episodes/: not a LeRobot v3.0 dataset") from None
     wanted = lambda c: not c.startswith("stats/")  # noqa: E731 - per-episode stats are large and unused here
     rows = []
     for shard in shards:
