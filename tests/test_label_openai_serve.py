@@ -90,4 +90,3 @@ def test_label_job_through_transformers_serve(ray_cluster, server, tmp_path):
     summary = (Path(labels) / "summary.json").read_text()
     assert '"prompt_tokens": 0' not in summary  # the server counted the images and text it received
     assert rc == 0
-    print("step statuses through transformers serve:", dict(statuses))
