@@ -168,6 +168,6 @@ def build(
     missing = [n for n in names if n not in present]
     if missing:
         raise UsageError(f"{path} has no {missing[0]} labels; present: {present or 'none'}")
-    if "progress" not in table.column_names or table.column("progress").null_count == table.num_rows:
+    if table.column("progress").null_count == table.num_rows:
         raise UsageError(f"{path} has no ground-truth `progress`, which the report compares labels against")
     return [labeler_report(table, n) for n in names], table, names

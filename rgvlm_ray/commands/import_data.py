@@ -17,8 +17,6 @@ def main(cfg: Config) -> int:
     module = IMPORTERS.get(cfg.importer.format)
     if module is None:
         raise UsageError(f"unknown format {cfg.importer.format!r}: rgvlm import {' | '.join(IMPORTERS)} ...")
-    if cfg.importer.frame_stride < 1:
-        raise UsageError("--frame-stride must be 1 or more")
     summary = importlib.import_module(module).run(cfg)
     print(json.dumps({k: v for k, v in summary.items() if k != "skipped_episodes"}, indent=2))
     print(summary["balance"])

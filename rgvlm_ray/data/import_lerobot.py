@@ -17,15 +17,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, ImportConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace
 from rgvlm_ray.data.env import encode_png
-from rgvlm_ray.data.import_minari import resize
-from rgvlm_ray.data.importing import ShardResult, Skipped, finish, run_tasks, write_episodes
+from rgvlm_ray.data.importing import ShardResult, Skipped, finish, resize, run_tasks, write_episodes
 from rgvlm_ray.errors import UsageError
 
 
@@ -33,12 +31,6 @@ def read_json(root: str, rel: str, cfg: StorageConfig | None) -> dict:
     fs, p = storage.get_fs(storage.join(root, rel), cfg)
     with fs.open(p, "rb") as f:
         return json.loads(f.read())
-
-
-def read_parquet(path: str, cfg: StorageConfig | None):  # -> pa.Table
-    fs, p = storage.get_fs(path, cfg)
-    with fs.open(p, "rb") as f, pq.ParquetFile(f) as pf:  # synchronous read: see format.read_shard
-        return pf.read()
 
 
 def load_info(root: str, cfg: StorageConfig | None) -> dict:
@@ -79,7 +71,7 @@ def action_space(info: dict) -> ActionSpace:
 def tasks(root: str, cfg: StorageConfig | None) -> dict[int, str]:
     """task_index -> text. pandas writes the text as the index column (named `task` or `__index_level_0__`)."""
     try:
-        table = read_parquet(storage.join(root, "meta/tasks.parquet"), cfg)
+        table = fmt.read_shard(storage.join(root, "meta/tasks.parquet"), cfg)
     except FileNotFoundError:  # episodes may still name their tasks; else --goal
         return {}
     text = next(c for c in table.column_names if c != "task_index")
@@ -94,7 +86,7 @@ def episodes_meta(root: str, cfg: StorageConfig | None) -> list[dict]:
     wanted = lambda c: not c.startswith("stats/")  # noqa: E731 - per-episode stats are large and unused here
     rows = []
     for shard in shards:
-        table = read_parquet(shard, cfg)
+        table = fmt.read_shard(shard, cfg)
         rows += table.select([c for c in table.column_names if wanted(c)]).to_pylist()
     return sorted(rows, key=lambda r: r["episode_index"])
 
@@ -167,7 +159,7 @@ def import_file(
 ) -> ShardResult:
     """One Ray task: the episodes of one data file."""
     try:
-        table = read_parquet(storage.join(root, data_rel), scfg)
+        table = fmt.read_shard(storage.join(root, data_rel), scfg)
     except Exception as exc:  # a missing or corrupt data file loses only its own episodes
         reason = f"data file unreadable: {data_rel}: {exc}"
         return ShardResult(None, 0, [Skipped(f"episode {e['episode_index']}", reason) for e in eps])
@@ -204,6 +196,8 @@ def run(cfg: Config) -> dict:
     from rgvlm_ray.ray_utils import init_ray
 
     c, scfg = cfg.importer, cfg.storage
+    if c.frame_stride < 1:
+        raise UsageError("--frame-stride must be 1 or more")
     info = load_info(c.source, scfg)
     camera = pick_camera(info, c.camera)
     action_space(info)

@@ -21,7 +21,7 @@ from rgvlm_ray.config import Config, ImportConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace
 from rgvlm_ray.data.env import ACTION_TEXTS, FrameRenderer, encode_png
-from rgvlm_ray.data.importing import ShardResult, Skipped, finish, run_tasks, write_episodes
+from rgvlm_ray.data.importing import ShardResult, Skipped, finish, resize, run_tasks, write_episodes
 from rgvlm_ray.errors import UsageError
 
 MINIGRID_KEYS = {"image", "direction", "mission"}
@@ -139,16 +139,6 @@ def episode_row(ep: Any, name: str, kind: str, space: ActionSpace, cfg: ImportCo
     row["truncated"] = bool(ep.truncations[-1]) and not row["terminated"]
     row["source_episode"] = int(ep.id)
     return row
-
-
-def resize(rgb: np.ndarray, size: int) -> np.ndarray:
-    if not size or max(rgb.shape[:2]) <= size:
-        return rgb
-    from PIL import Image
-
-    im = Image.fromarray(rgb)
-    im.thumbnail((size, size))
-    return np.asarray(im)
 
 
 def import_chunk(

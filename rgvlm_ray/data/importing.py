@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
@@ -43,6 +45,15 @@ class ShardResult:
     @property
     def source_episodes(self) -> int:
         return self.written + len(self.skipped)
+
+
+def resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """Downscale so the longest side is at most `size` (0: keep), before PNG-encoding."""
+    if not size or max(rgb.shape[:2]) <= size:
+        return rgb
+    im = Image.fromarray(rgb)
+    im.thumbnail((size, size))
+    return np.asarray(im)
 
 
 def shard_name(index: int) -> str:

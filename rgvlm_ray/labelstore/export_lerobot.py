@@ -15,7 +15,8 @@ import pyarrow.parquet as pq
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
-from rgvlm_ray.data.import_lerobot import load_info, read_parquet
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.import_lerobot import load_info
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelstore.rewards_out import open_source, rewards
 
@@ -85,7 +86,7 @@ def run(cfg: Config) -> dict:
     sfs, sroot = storage.get_fs(storage.join(src, "data"), scfg)
     for path in sorted(p for p in sfs.find(sroot) if p.endswith(".parquet")):
         rel = "data/" + path[len(sroot.rstrip("/")) + 1 :]
-        table = with_reward(read_parquet(storage.join(src, rel), scfg), by_frame)
+        table = with_reward(fmt.read_shard(storage.join(src, rel), scfg), by_frame)
         with storage.atomic_open(storage.join(e.out, rel), scfg) as f:
             pq.write_table(table, f)
         files += 1

@@ -7,9 +7,9 @@ A conversation is a list of messages in a neutral form that each engine converts
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 Message = dict
 Conversation = list[Message]
@@ -65,6 +65,17 @@ def images_of(messages: Conversation) -> Iterator:
     for m in messages:
         if not isinstance(m["content"], str):
             yield from (p["image"] for p in m["content"] if p["type"] == "image")
+
+
+def with_image_parts(messages: Conversation, part: Callable[[Any], dict]) -> list[dict]:
+    """The conversation with each image part replaced by `part(image)`, the engine's own image encoding."""
+    out = []
+    for m in messages:
+        content = m["content"]
+        if not isinstance(content, str):
+            content = [part(p["image"]) if p["type"] == "image" else p for p in content]
+        out.append({"role": m["role"], "content": content})
+    return out
 
 
 def chunks(items: list, size: int) -> Iterator[list]:

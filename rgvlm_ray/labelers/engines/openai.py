@@ -16,7 +16,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 from rgvlm_ray.config import EngineConfig
-from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation
+from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, with_image_parts
 from rgvlm_ray.labelers.images import data_url
 
 log = logging.getLogger(__name__)
@@ -25,18 +25,9 @@ MAX_RETRY_AFTER_S = 60.0
 
 
 def to_openai_messages(messages: Conversation) -> list[dict]:
-    out = []
-    for m in messages:
-        content = m["content"]
-        if not isinstance(content, str):
-            content = [
-                {"type": "image_url", "image_url": {"url": data_url(p["image"])}}
-                if p["type"] == "image"
-                else p
-                for p in content
-            ]
-        out.append({"role": m["role"], "content": content})
-    return out
+    return with_image_parts(
+        messages, lambda image: {"type": "image_url", "image_url": {"url": data_url(image)}}
+    )
 
 
 def request_body(req: ChatRequest, cfg: EngineConfig) -> dict:

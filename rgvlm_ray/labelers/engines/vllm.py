@@ -11,7 +11,14 @@ import threading
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, EngineError, EngineTimeout
+from rgvlm_ray.labelers.engines.base import (
+    ChatRequest,
+    Completion,
+    Conversation,
+    EngineError,
+    EngineTimeout,
+    with_image_parts,
+)
 
 INSTALL_HINT = (
     "the vllm engine needs vLLM: pip install 'rgvlm-ray[vllm]' on a GPU node (or use engine.kind=hf)"
@@ -44,15 +51,7 @@ def llm_kwargs(cfg: EngineConfig, labeler: LabelerConfig) -> dict:
 
 
 def to_vllm_messages(messages: Conversation) -> list[dict]:
-    out = []
-    for m in messages:
-        content = m["content"]
-        if not isinstance(content, str):
-            content = [
-                {"type": "image_pil", "image_pil": p["image"]} if p["type"] == "image" else p for p in content
-            ]
-        out.append({"role": m["role"], "content": content})
-    return out
+    return with_image_parts(messages, lambda image: {"type": "image_pil", "image_pil": image})
 
 
 def sampling_kwargs(req: ChatRequest, cfg: EngineConfig) -> dict:
