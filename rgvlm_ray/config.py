@@ -59,6 +59,10 @@ class GenerateConfig:
         0.5  # P(random action) per step; the bot replans. 0.5 gives ~80% success (BENCHMARKS.md)
     )
     split: str = "seen"  # seen | randomized
+    # A mixture of behaviours, as real offline data is (docs/format.md, "Behaviour"). All 0 / empty: the noisy bot.
+    noise_levels: list[float] = field(default_factory=list)  # per-episode expert_noise drawn from these
+    detour: float = 0.0  # P(per sub-task) the bot first walks to a later sub-task's object (a wrong sub-task)
+    abandon: float = 0.0  # P(per episode) it gives up after j < k sub-tasks, wanders to 2 objects, and stops
     num_cpus_per_task: float = 1.0
     overwrite: bool = False
 
@@ -256,11 +260,20 @@ class IQLConfig:
     expectile: float = 0.8  # BOSS/SPRINT ALFRED, TorchRL discrete IQL (paper: 0.7 MuJoCo, 0.9 AntMaze)
     beta: float = 5.0  # inverse temperature in exp(beta * A); BOSS/SPRINT ALFRED (paper: 3 / 10 / 0.5)
     exp_adv_max: float = 100.0  # paper, CORL
+    # iql | bc (behaviour cloning) | filtered_bc (BC on the top iql.filter_top of episodes by return, CORL's BC-N%)
+    learner: str = "iql"
+    adv_norm: str = (
+        "none"  # none | std: A -> (A - mean A) / sd A per batch before exp(beta * A) (docs/iql.md)
+    )
+    weighting: str = "exp"  # exp: exp(beta * A) (IQL) | binary: 1[A > 0] (CRR's filter)
+    filter_top: float = 0.1  # filtered_bc: share of episodes kept, by return under train.reward
     tau: float = 0.005  # Polyak rate of the target Q; paper, CORL
     lr: float = 3e-4  # paper, CORL (BOSS/SPRINT ALFRED: 5e-5, for far longer runs)
     actor_cosine: bool = True  # CORL: cosine decay of the actor's lr over train.steps
     batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
     actor_trains_encoder: bool = True  # the policy loss trains the shared encoder too (docs/iql.md)
+    # Q in V's target and the advantage: target (Polyak heads, paper) | online (detached online heads; docs/iql.md)
+    advantage_q: str = "target"
     reward_weights: dict[str, float] = field(default_factory=lambda: {"rgvlm": 1.0, "sparse": 1.0})
     normalize_reward: bool = False  # scale rewards so episode returns span 1 (IQL paper's return scaling)
     null_reward: str = "zero"  # unscored steps (null reward): zero | drop (the transition)
@@ -292,7 +305,16 @@ class EvalConfig:
     num_cpus_per_task: float = 0.5
     episodes_per_task: int = 5  # one Ray task per (k, chunk of this many missions)
     max_steps: int | None = None  # None: the environment's budget
-    greedy: bool = False  # False: sample from pi (deterministic per episode); True: argmax
+    policy: str = (
+        "greedy"  # greedy: the mode of pi (offline-RL papers) | sample: sample pi, seeded per episode
+    )
+    # Expert-action agreement (docs/iql.md): the share of held-out states where argmax pi is the bot's action.
+    agreement_in: str = (
+        ""  # a dataset with `expert_actions` to measure it on; empty: fresh behaviour episodes
+    )
+    agreement_episodes_per_k: int = (
+        4  # those fresh episodes, replayed from the training data's behaviour; 0: off
+    )
     seed: int = 0
 
 
@@ -316,6 +338,7 @@ class RunConfig:
         ""  # empty: a tiny random CLIP built on the spot (noise); e.g. openai/clip-vit-base-patch32
     )
     eval_split: str = "seen"  # seen | randomized
+    parallel: int = 2  # arms trained (and evaluated) side by side
 
 
 @dataclass
@@ -336,6 +359,14 @@ class StudyConfig:
     seeds: int = 3  # training runs per arm, train.seed = 0 .. seeds-1
     splits: list[str] = field(default_factory=lambda: ["seen", "randomized"])  # each run is evaluated on all
     contexts: list[int] = field(default_factory=lambda: [1])  # ablation: oracle+sparse at these iql.context
+    # Baselines on the sparse reward (docs/study.md): bc (behaviour cloning) and filtered_bc (BC on the top
+    # iql.filter_top of episodes by return, CORL's BC-N%); and BC on noise-free expert data of the same missions,
+    # once (seed 0): the architecture's ceiling.
+    baselines: list[str] = field(default_factory=lambda: ["bc", "filtered_bc"])
+    expert_ceiling: bool = True
+    # Learning curves: these arms' seed-0 runs are evaluated (first split) at `curve_points` evenly spaced steps.
+    curve_arms: list[str] = field(default_factory=lambda: ["sparse", "oracle+sparse"])
+    curve_points: int = 4
     # Trainings side by side (each its own Ray Train run, from a driver thread). On small machines keep
     # parallel x train.workers x train.cpus_per_worker <= CPUs - 1, or Ray Data's tasks starve (stack.md).
     parallel: int = 2

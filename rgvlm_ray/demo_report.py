@@ -24,6 +24,28 @@ def _series(state: Workspace, evals: list[str]) -> dict[str, list[dict]]:
     return dict(zip(labels, (e["by_k"] for e in loaded), strict=True))
 
 
+def _selection(state: Workspace, evals: list[str]) -> str:
+    """Per arm, from its checkpoint's run.json and its eval.json: did the actor's weights select actions, and
+    does the policy pick the bot's action on held-out states?"""
+    from rgvlm_ray.iql.checkpoint import read_json
+
+    lines = [
+        "| arm (read back) | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) | expert agreement |",
+        "|---|---|---|---|---|---|",
+    ]
+    fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
+    for folder in evals:
+        with open(os.path.join(folder, "eval.json")) as f:
+            ev = json.load(f)
+        d = read_json(ev["checkpoint"], "run.json", state.cfg.storage).get("diagnostics") or {}
+        lines.append(
+            f"| {ev['reward']} | {fmt(d.get('awr_ess'))} | {fmt(d.get('beta_adv_std'))} "
+            f"| {fmt(d.get('adv_clipped_frac'), '.1%')} | {fmt(d.get('reward_weight_ratio'))} "
+            f"| {fmt(ev.get('expert_agreement'))} |"
+        )
+    return "\n".join(lines)
+
+
 def _label_quality(state: Workspace, raw: str, labels: dict[str, str]) -> str:
     blocks = []
     for labeler, label_set in labels.items():
@@ -66,9 +88,10 @@ def write_report(state: Workspace, seconds: float, evals: list[str], raw: str, l
 {warning}{clip_note}
 Generated {time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())} on {platform.machine()} ({os.cpu_count()} cores) \
 in {seconds / 60:.1f} minutes. Data: {cfg.generate.episodes} episodes, k = {cfg.generate.subtasks}, behaviour \
-policy = BabyAI bot with {cfg.generate.expert_noise:.0%} random actions. IQL: {cfg.iql.obs_mode} observations, \
+policy = BabyAI bot with {cfg.generate.expert_noise:.0%} random actions (detour {cfg.generate.detour}, \
+abandon {cfg.generate.abandon}). IQL: {cfg.iql.obs_mode} observations, \
 {cfg.train.steps} updates per reward source, {cfg.train.workers} worker(s). Evaluation: \
-{cfg.eval.episodes_per_k} episodes per k, `{cfg.run.eval_split}` initial states, at most \
+{cfg.eval.episodes_per_k} episodes per k, `{cfg.run.eval_split}` initial states, {cfg.eval.policy} policy, at most \
 {cfg.eval.max_steps or "the environment's"} steps.
 
 To label with a real LVLM instead, change one thing, the engine: `rgvlm run --config gpu-node --out DIR` on a
@@ -82,6 +105,15 @@ GPU node, or add `{REAL_LVLM}` to this command.
 ![success by k](success_by_k.png)
 
 ![proportion of sub-tasks completed by k](completion_by_k.png)
+
+## Does each learner select actions?
+
+The actor's weights over the last training steps (run.json `diagnostics`): an effective sample size near 1 and
+β·sd(A) below ~0.3 mean nearly flat weights, i.e. behaviour cloning whatever the reward; the weight on steps with a
+non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Expert agreement: the
+share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
+
+{_selection(state, evals)}
 
 ## Label quality against ground-truth progress (`rgvlm label-report`)
 

@@ -19,10 +19,21 @@ def init_ray(cfg: RayConfig | None = None) -> None:
     cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": True, "include_dashboard": False} if not address else {}
+    if not address:
+        kwargs["runtime_env"] = {"worker_process_setup_hook": "rgvlm_ray.ray_utils.quiet_workers"}
     if not address and cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(address=address, **kwargs)
     log.info("ray: %s", ray.cluster_resources())
+
+
+def quiet_workers() -> None:
+    """Runs in every worker of a local cluster we start: a log a user can read. Without the dashboard (not started locally, to save a
+    core's worth of start-up) Ray Train's placement-group cleaner cannot reach the state API and warns about it
+    every few seconds for the whole run (376 lines in one demo); it keeps monitoring regardless."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(
+        logging.ERROR
+    )
 
 
 def cluster_cpus() -> float:

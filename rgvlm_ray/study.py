@@ -40,6 +40,8 @@ TEMPLATE = "X"  # the labeler placeholder in study.modes
 ABLATION_TEMPLATE = "X+sparse"
 ABLATION_MODE = "oracle+sparse"  # the arm the context ablation varies
 FIXED_LABELERS = ("oracle", "clip", "rgvlm")
+BASELINES = ("bc", "filtered_bc")
+CEILING = "bc_expert"  # BC on noise-free expert data: the architecture's ceiling
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -51,6 +53,9 @@ class Arm:
     labeler: str | None = None  # the labeler X whose labels the reward reads; None for sparse
     template: str = "sparse"  # the study.modes entry it came from (X, X+sparse, ...)
     ablation: bool = False  # a context-ablation arm
+    learner: str = "iql"  # iql.learner: iql | bc | filtered_bc
+    data: str = "raw"  # raw | expert (noise-free bot data on the same missions: the BC ceiling)
+    seeds: int | None = None  # None: study.seeds; the ceiling runs once
 
 
 def arm_name(reward: str, context: int, default_context: int) -> str:
@@ -69,11 +74,16 @@ def plan_arms(
     contexts: list[int],
     default_context: int,
     modes_for: dict[str, list[str]] | None = None,
+    baselines: list[str] | None = None,
+    expert_ceiling: bool = False,
 ) -> list[Arm]:
-    """Every arm for the labelers that succeeded, in report order: sparse, per labeler its modes (`modes`, or
-    `modes_for[labeler]`), the ablation."""
+    """Every arm for the labelers that succeeded, in report order: sparse, the baselines, per labeler its modes
+    (`modes`, or `modes_for[labeler]`), the ablation."""
     d = default_context
     arms = [Arm("sparse", "sparse", d)]
+    arms += [Arm(name, "sparse", d, learner=name) for name in baselines or []]
+    if expert_ceiling:
+        arms.append(Arm(CEILING, "sparse", d, learner="bc", data="expert", seeds=1))
     for x in labelers:
         templates = (modes_for or {}).get(x, modes)
         arms += [Arm(arm_name(substitute(t, x), d, d), substitute(t, x), d, x, t) for t in templates]
@@ -114,6 +124,11 @@ def validate(cfg: Config) -> None:
         reward_terms(substitute(template, "oracle"))  # UsageError for a malformed mode
     if "rgvlm" in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
         raise UsageError(f"labeler rgvlm needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
+    unknown = sorted(set(s.baselines) - set(BASELINES))
+    if unknown:
+        raise UsageError(f"study.baselines: unknown {unknown}; choose from {list(BASELINES)}")
+    if s.curve_points < 0:
+        raise UsageError(f"study.curve_points must be >= 0, got {s.curve_points}")
     if s.seeds < 1 or s.parallel < 1:
         raise UsageError("--seeds and study.parallel must be at least 1")
     if not s.splits or any(split not in fmt.SPLITS for split in s.splits):
@@ -163,6 +178,21 @@ def raw_data(ws: Workspace) -> str:
     return raw
 
 
+def expert_data(ws: Workspace) -> str:
+    """Noise-free bot episodes on the raw data's missions (same generate.seed and k), for the BC ceiling."""
+    from rgvlm_ray.data import generate as gen
+
+    cfg = ws.cfg
+    out = ws.path("data", "expert")
+    if has_shards(out, cfg):
+        print(f"reusing {out}")
+        return out
+    g = replace(cfg.generate, out=out, expert_noise=0.0, noise_levels=[], detour=0.0, abandon=0.0)
+    ws.timed("generate (expert, for the BC ceiling)", "transitions",
+             lambda: gen.run(replace(cfg, generate=g))["transitions"])  # fmt: skip
+    return out
+
+
 def models(ws: Workspace) -> None:
     """Tiny random stand-ins for the models a listed labeler needs and the config leaves empty (noise)."""
     from rgvlm_ray.labelers.tiny_vlm import build_clip, build_qwen2_vl
@@ -196,6 +226,7 @@ class Corpus:
 
     raw: str
     labels: dict[str, str]
+    expert: str = ""  # noise-free data for the ceiling arm
 
     def labels_for(self, reward: str) -> list[str]:
         """The label sets a reward mode reads: only those its terms name."""
@@ -301,18 +332,36 @@ def eval_dir(ws: Workspace, arm: Arm, seed: int, split: str) -> str:
     return ws.path("eval", arm.name, f"seed{seed}", split)
 
 
+def has_curve(cfg: Config, arm: Arm, seed: int) -> bool:
+    """Seed 0 of a `study.curve_arms` IQL arm (default context) records a learning curve."""
+    s = cfg.study
+    return (
+        arm.reward in s.curve_arms
+        and arm.learner == "iql"
+        and not arm.ablation
+        and seed == 0
+        and s.curve_points > 1
+    )
+
+
 def run_config(ws: Workspace, arm: Arm, seed: int, corpus: Corpus, cpus: float) -> Config:
     cfg = ws.cfg
     train = replace(
         cfg.train,
-        in_path=corpus.raw,
+        in_path=corpus.expert if arm.data == "expert" else corpus.raw,
         labels=corpus.labels_for(arm.reward),
         out_path=run_dir(ws, arm, seed),
         reward=arm.reward,
         seed=seed,
         cpus_per_worker=cpus,
     )
-    return replace(cfg, train=train, iql=replace(cfg.iql, context=arm.context))
+    if has_curve(cfg, arm, seed):
+        train = replace(
+            train,
+            checkpoint_every=max(1, cfg.train.steps // cfg.study.curve_points),
+            keep_checkpoints=max(cfg.train.keep_checkpoints, cfg.study.curve_points + 1),
+        )
+    return replace(cfg, train=train, iql=replace(cfg.iql, context=arm.context, learner=arm.learner))
 
 
 def read_back(checkpoint: str, cfg: Config) -> dict[str, Any]:
@@ -336,12 +385,17 @@ def read_back(checkpoint: str, cfg: Config) -> dict[str, Any]:
         "config_seed": conf.get("train", {}).get("seed"),
         "config_context": conf.get("iql", {}).get("context"),
         "spec_context": spec.get("context"),
+        "learner": run.get("learner", conf.get("iql", {}).get("learner")),
+        "in_path": run.get("in_path"),
+        "diagnostics": run.get("diagnostics"),
     }
 
 
-def check_treatment(back: dict[str, Any], arm: Arm, seed: int, where: str) -> None:
-    """Fail loudly when a run did not get its arm's reward, seed or context (a field a checkpoint does not
-    record is skipped, but some record of the seed must exist)."""
+def check_treatment(
+    back: dict[str, Any], arm: Arm, seed: int, where: str, expected_in: str | None = None
+) -> None:
+    """Fail loudly when a run did not get its arm's reward, seed, context, learner or data (a field a checkpoint
+    does not record is skipped, but some record of the seed must exist)."""
     problems = []
     if back["reward"] != arm.reward:
         problems.append(f"reward {back['reward']!r}, expected {arm.reward!r}")
@@ -352,6 +406,10 @@ def check_treatment(back: dict[str, Any], arm: Arm, seed: int, where: str) -> No
     for key in ("context", "config_context", "spec_context"):
         if back[key] is not None and back[key] != arm.context:
             problems.append(f"{key} {back[key]!r}, expected {arm.context}")
+    if back.get("learner", "iql") != arm.learner:
+        problems.append(f"learner {back.get('learner')!r}, expected {arm.learner!r}")
+    if expected_in is not None and back.get("in_path") != expected_in:
+        problems.append(f"data {back.get('in_path')!r}, expected {expected_in!r}")
     if problems:
         raise RuntimeError(
             f"run {where} (arm {arm.name}, seed {seed}) was not trained as its arm: " + "; ".join(problems)
@@ -380,7 +438,7 @@ def reusable_eval(out: str, step: int, cfg: Config, split: str) -> dict[str, Any
         ev.get("step") == step
         and ev.get("split") == split
         and ev.get("episodes_per_k") == cfg.eval.episodes_per_k
-        and ev.get("greedy") == cfg.eval.greedy
+        and ev.get("policy") == cfg.eval.policy
     )
     return ev if same else None
 
@@ -405,6 +463,52 @@ class Clock:
     def leave(self) -> None:
         with self.lock:
             self.training -= 1
+
+
+def curve_steps(cfg: Config) -> list[int]:
+    every = cfg.train.checkpoint_every
+    return [s for s in range(every, cfg.train.steps, every)]
+
+
+def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config) -> list[dict[str, Any]]:
+    """Evaluations of the intermediate checkpoints (first split): completion and expert agreement by step.
+
+    Each point's eval.json is reused when it evaluated that step; a point whose eval and checkpoint are both
+    gone (deleted, or pruned by an older keep_checkpoints) is recomputed by training the run again from scratch
+    into its own folder, `<run>/curve-rerun`."""
+    from rgvlm_ray.iql import evaluate, trainer
+    from rgvlm_ray.iql.checkpoint import checkpoint_name
+
+    split = cfg.study.splits[0]
+    points = []
+    for step in curve_steps(cfg):
+        out = ws.path("eval", arm.name, f"seed{seed}", "curve", f"step{step:08d}")
+        ev = reusable_eval(out, step, cfg, split)
+        if ev is None:
+            checkpoint = storage.join(cfg.train.out_path, checkpoint_name(step))
+            if not ckpt_exists(checkpoint, cfg):
+                rerun = storage.join(cfg.train.out_path, "curve-rerun")
+                log.warning("%s is missing: training %s again into %s for its learning curve",
+                            checkpoint, arm.name, rerun)  # fmt: skip
+                if finished_step(rerun, cfg) is None:
+                    trainer.train(replace(cfg, train=replace(cfg.train, out_path=rerun)))
+                checkpoint = storage.join(rerun, checkpoint_name(step))
+            e = replace(cfg.eval, checkpoint=checkpoint, out=out, split=split)
+            evaluate.evaluate(replace(cfg, eval=e))
+            ev = reusable_eval(out, step, cfg, split)
+            if ev is None:
+                raise RuntimeError(f"evaluating {checkpoint} left no matching eval.json in {out}")
+        points.append(
+            {"step": step, "split": split, "subtask_completion": ev["subtask_completion"],
+             "success_rate": ev["success_rate"], "expert_agreement": ev.get("expert_agreement"),
+             "by_k": ev["by_k"]}
+        )  # fmt: skip
+    return points
+
+
+def ckpt_exists(checkpoint: str, cfg: Config) -> bool:
+    fs, p = storage.get_fs(storage.join(checkpoint, "run.json"), cfg.storage)
+    return bool(fs.exists(p))
 
 
 def run_arm_seed(
@@ -432,8 +536,9 @@ def run_arm_seed(
     if checkpoint is None:
         raise RuntimeError(f"training {run} wrote no checkpoint")
     back = read_back(checkpoint, cfg)
-    check_treatment(back, arm, seed, run)
+    check_treatment(back, arm, seed, run, cfg.train.in_path)
     record["read_back"] = back
+    record["curve"] = learning_curve(ws, arm, seed, cfg) if has_curve(ws.cfg, arm, seed) else []
     record["evals"] = {}
     for split in cfg.study.splits:
         out = eval_dir(ws, arm, seed, split)
@@ -456,6 +561,8 @@ def run_arm_seed(
             "episodes_per_k": ev["episodes_per_k"],
             "success_rate": ev["success_rate"],
             "subtask_completion": ev["subtask_completion"],
+            "expert_agreement": ev.get("expert_agreement"),
+            "policy": ev.get("policy"),
             "by_k": ev["by_k"],
         }
     record["end_s"] = clock.now()
@@ -466,9 +573,14 @@ def run_arms(ws: Workspace, arms: list[Arm], corpus: Corpus) -> tuple[list[dict[
     """Every arm x seed, `study.parallel` at a time. Raises after all have finished if any failed."""
     cpus = cpus_per_worker(ws.cfg)
     clock = Clock()
-    jobs = [(arm, seed) for seed in range(ws.cfg.study.seeds) for arm in arms]
+    jobs = [
+        (arm, seed)
+        for seed in range(ws.cfg.study.seeds)
+        for arm in arms
+        if seed < (arm.seeds or ws.cfg.study.seeds)
+    ]
     print(
-        f"\n=== {len(jobs)} runs ({len(arms)} arms x {ws.cfg.study.seeds} seeds), {ws.cfg.study.parallel} at a "
+        f"\n=== {len(jobs)} runs ({len(arms)} arms, up to {ws.cfg.study.seeds} seeds), {ws.cfg.study.parallel} at a "
         f"time, {cpus:g} CPU per train worker ===",
         flush=True,
     )
@@ -528,10 +640,18 @@ def run(cfg: Config) -> dict[str, Any]:
     models(ws)
     if ws.tiny_vlm:
         print(f"\nNOTE: {NOISE_WARNING}")
+    from rgvlm_ray.data.inspect import summarize as inspect_data
+
+    behaviour = inspect_data(raw, cfg.storage).get("behaviour")
     outcome, corpus = label_all(ws, raw)
     ok = [name for name in cfg.study.labelers if outcome[name]["status"] == "ok"]
     quality = label_quality(ws, corpus, ok)
-    arms = plan_arms(ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context, dict(cfg.study.modes_for))
+    arms = plan_arms(
+        ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context, dict(cfg.study.modes_for),
+        list(cfg.study.baselines), cfg.study.expert_ceiling,
+    )  # fmt: skip
+    if cfg.study.expert_ceiling:
+        corpus.expert = expert_data(ws)
     records, timing = run_arms(ws, arms, corpus)
     ws.stages.append(Stage("train + evaluate (all runs)", timing["seconds"], len(records), "runs"))
     study = {
@@ -544,6 +664,18 @@ def run(cfg: Config) -> dict[str, Any]:
             "seeds": cfg.study.seeds,
             "splits": cfg.study.splits,
             "contexts": cfg.study.contexts,
+            "baselines": list(cfg.study.baselines),
+            "expert_ceiling": cfg.study.expert_ceiling,
+            "learner": {
+                k: getattr(cfg.iql, k) for k in ("adv_norm", "weighting", "beta", "discount", "expectile")
+            },
+            "eval_policy": cfg.eval.policy,
+            "behaviour": {
+                "expert_noise": cfg.generate.expert_noise,
+                "noise_levels": list(cfg.generate.noise_levels),
+                "detour": cfg.generate.detour,
+                "abandon": cfg.generate.abandon,
+            },
             "default_context": cfg.iql.context,
             "parallel": cfg.study.parallel,
             "train_steps": cfg.train.steps,
@@ -554,9 +686,10 @@ def run(cfg: Config) -> dict[str, Any]:
             "episodes": cfg.generate.episodes,
             "subtasks": cfg.generate.subtasks,
         },
+        "behaviour_data": behaviour,
         "tiny_vlm": ws.tiny_vlm,
         "tiny_clip": ws.tiny_clip,
-        "data": {"raw": raw, "labels": corpus.labels},
+        "data": {"raw": raw, "labels": corpus.labels, "expert": corpus.expert},
         "labelers": outcome,
         "label_quality": quality,
         "arms": [asdict(a) for a in arms],

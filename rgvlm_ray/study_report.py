@@ -50,14 +50,26 @@ def row_label(reward: str, context: int | None, default_context: int) -> str:
     return f"{reward}, context {context}"
 
 
-def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Runs grouped by what they read back (reward, context), in arm order."""
+def run_label(study: dict[str, Any], back: dict[str, Any]) -> str:
+    """A run's row, from what its checkpoint says: the reward and context, or the baseline learner (and, for the
+    ceiling, that it read the expert data)."""
     default = study["settings"]["default_context"]
+    learner = back.get("learner") or "iql"
+    if learner != "iql":
+        expert = study["data"].get("expert")
+        return f"{learner} (expert data)" if expert and back.get("in_path") == expert else learner
+    context = back.get("context") if back.get("context") is not None else back.get("config_context")
+    return row_label(back["reward"], context, default)
+
+
+CEILING_ROW = "bc (expert data)"
+
+
+def groups(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Runs grouped by what they read back (reward, context, learner), in arm order."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run in study["runs"]:
-        back = run["read_back"]
-        context = back.get("context") if back.get("context") is not None else back.get("config_context")
-        out.setdefault(row_label(back["reward"], context, default), []).append(run)
+        out.setdefault(run_label(study, run["read_back"]), []).append(run)
     return out
 
 
@@ -165,6 +177,93 @@ def _interval(values: list[float]) -> tuple[float, float | None, str]:
     return mean, half, text
 
 
+def diagnostics_table(study: dict[str, Any]) -> str:
+    """Per arm: did its actor's weights select (run.json diagnostics, last report), and does its policy pick the
+    bot's action on held-out states (eval.json expert_agreement, first split)? Mean ± 95% CI over seeds."""
+    split = study["settings"]["splits"][0]
+    lines = [
+        "| arm (read back) | seeds | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) "
+        f"| expert-action agreement ({split}) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in groups(study).items():
+        diag = [r["read_back"].get("diagnostics") or {} for r in runs]
+
+        def col(key: str, diag: list[dict[str, Any]] = diag) -> str:
+            return cell([d[key] for d in diag if d.get(key) is not None and not math.isnan(d[key])])
+
+        agree = [r["evals"][split].get("expert_agreement") for r in runs]
+        agreement = cell([a for a in agree if a is not None]) if any(a is not None for a in agree) else "n/a"
+        learner = runs[0]["read_back"].get("learner") or "iql"
+        weights = ["BC: weights 1"] * 4 if learner != "iql" else [
+            col("awr_ess"), col("beta_adv_std"), col("adv_clipped_frac"), col("reward_weight_ratio")
+        ]  # fmt: skip
+        lines.append(f"| {label} | {n_note(runs)} | " + " | ".join(weights) + f" | {agreement} |")
+    return (
+        "\n".join(lines)
+        + "\n\nESS: (Σw)² / (N Σw²) of the actor's weights over a batch, as a share of it (1 = behaviour cloning). "
+        "β·sd(A) below ~0.3 means nearly flat weights. Agreement: the share of held-out behaviour states where "
+        "argmax π is the BabyAI bot's action (the behaviour data's own agreement is in the settings line above).\n"
+    )
+
+
+def curve_rows(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    """Per arm with a learning curve: its points (intermediate checkpoints) plus the final evaluation."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for run in study["runs"]:
+        if not run.get("curve"):
+            continue
+        split = run["curve"][0]["split"]
+        final = run["evals"][split]
+        points = [*run["curve"], {"step": final["step"], **{k: final.get(k) for k in CURVE_METRICS}}]
+        out[f"{run_label(study, run['read_back'])} (seed {run['seed']}, {split})"] = points
+    return out
+
+
+CURVE_METRICS = {
+    "subtask_completion": "sub-tasks completed (mean over k)",
+    "expert_agreement": "expert agreement",
+}
+
+
+def curve_section(study: dict[str, Any]) -> str:
+    curves = curve_rows(study)
+    if not curves:
+        return "No learning curves recorded (`study.curve_arms`, `study.curve_points`).\n"
+    lines = ["| run | " + " | ".join(f"step → {t}" for t in CURVE_METRICS.values()) + " |", "|---|---|---|"]
+    for label, points in curves.items():
+        cells = [
+            ", ".join(f"{p['step']}: {'n/a' if p.get(m) is None else f'{p[m]:.2f}'}" for p in points)
+            for m in CURVE_METRICS
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n![learning curves](learning_curves.png)\n"
+
+
+def curve_png(study: dict[str, Any]) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(CURVE_METRICS), figsize=(5 * len(CURVE_METRICS), 4), squeeze=False)
+    for ax, (metric, title) in zip(axes[0], CURVE_METRICS.items(), strict=True):
+        for label, points in curve_rows(study).items():
+            pts = [(p["step"], p[metric]) for p in points if p.get(metric) is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", label=label)
+        ax.set_xlabel("IQL updates")
+        ax.set_ylabel(title)
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle("Learning curves (intermediate checkpoints)")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def told_apart(study: dict[str, Any], split: str) -> str:
     """For each X+sparse against sparse, at the mean over k >= LONG_K: do the 95% CIs overlap?"""
     runs = groups(study)
@@ -216,6 +315,33 @@ def targets(study: dict[str, Any], split: str) -> str:
             f"{sp[0]:.3f}, ratio **{'n/a' if math.isnan(ratio) else f'{ratio:.2f}x'}**; {_verdict(o, sp)}. "
             f"{'**Met.**' if ratio >= 2 and _verdict(o, sp).startswith('higher') else '**Not met.**'}"
         )
+    if "oracle+sparse" in runs and "bc" in runs:
+        o, b = stat("oracle+sparse", long_ks), stat("bc", long_ks)
+        v = _verdict(o, b)
+        lines.append(
+            f"- `oracle+sparse` above `bc` at k >= {LONG_K} (IQL uses the reward): {o[0]:.3f} vs {b[0]:.3f}; {v}. "
+            f"{'**Met.**' if v.startswith('higher') else '**Not met.**'}"
+        )
+    if "oracle+sparse" in runs and "noisy60+sparse" in runs:
+        o, n = stat("oracle+sparse", list(KS)), stat("noisy60+sparse", list(KS))
+        v = _verdict(n, o)
+        lines.append(
+            f"- dose-response: `noisy60+sparse` below `oracle+sparse` (mean over k): {n[0]:.3f} vs {o[0]:.3f}; "
+            f"{v}. {'**Met.**' if v.startswith('lower') else '**Not met.**'}"
+        )
+    agreement = {label: agreement_stat(rs, split) for label, rs in runs.items()}
+    if agreement.get("oracle+sparse") and agreement.get("bc"):
+        o, b = agreement["oracle+sparse"], agreement["bc"]
+        v = _verdict(o, b)
+        lines.append(
+            f"- expert-action agreement, `oracle+sparse` above `bc`: {o[0]:.3f} vs {b[0]:.3f}; {v}. "
+            f"{'**Met.**' if o[0] > b[0] else '**Not met.**'}"
+        )
+    if CEILING_ROW in runs:
+        c = stat(CEILING_ROW, long_ks)
+        lines.append(
+            f"- the architecture's ceiling (BC on noise-free expert data, one seed) at k >= {LONG_K}: {c[0]:.3f}."
+        )
     ablations = [label for label in runs if label.startswith("oracle+sparse, context ")]
     for label in ablations:
         d, c = stat("oracle+sparse", [k for k in KS if k >= 2]), stat(label, [k for k in KS if k >= 2])
@@ -238,6 +364,12 @@ def targets(study: dict[str, Any], split: str) -> str:
         lines.append(f"- `sparse` completion by k: {', '.join(f'{v:.2f}' for v in by_k)}; "
                      f"k=1 {'above' if falls else 'not above'} k={KS[-1]} (the paper's shape).")  # fmt: skip
     return ("\n".join(lines) + "\n") if lines else "No arms to check.\n"
+
+
+def agreement_stat(runs: list[dict[str, Any]], split: str) -> tuple[float, float | None] | None:
+    values = [r["evals"][split].get("expert_agreement") for r in runs]
+    values = [v for v in values if v is not None]
+    return mean_ci(values) if values else None
 
 
 def fmt_noise(label: str) -> float | None:
@@ -293,6 +425,24 @@ def runs_section(study: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def behaviour_line(study: dict[str, Any]) -> str:
+    """What the training data's behaviour itself achieves: the bar a learner that filters it should approach."""
+    b, s = study.get("behaviour_data"), study["settings"]
+    if not b or not b.get("by_k"):
+        return "The behaviour data's own success is unknown (no `progress`/`num_subtasks` columns)."
+    rows = b["by_k"]
+    long = [r["subtask_completion"] for k, r in rows.items() if int(k) >= LONG_K]
+    agree = "n/a" if b.get("expert_agreement") is None else f"{b['expert_agreement']:.2f}"
+    mix = s.get("behaviour") or {}
+    return (
+        f"Behaviour data (noise {mix.get('expert_noise')}, levels {mix.get('noise_levels') or '-'}, detour "
+        f"{mix.get('detour')}, abandon {mix.get('abandon')}): success by k "
+        + ", ".join(f"{r['success_rate']:.2f}" for r in rows.values())
+        + f"; sub-task completion at k ≥ {LONG_K} {np.mean(long) if long else math.nan:.2f}; actions equal to the "
+        f"bot's {agree}. Policies are evaluated {s.get('eval_policy', 'greedy')}."
+    )
+
+
 def markdown(study: dict[str, Any]) -> str:
     s = study["settings"]
     warnings = ""
@@ -315,6 +465,8 @@ def markdown(study: dict[str, Any]) -> str:
         f"{s['default_context']} (ablation: {', '.join(map(str, s['contexts'])) or 'none'}); "
         f"{s['episodes_per_k']} evaluation episodes per k and split, at most {s['eval_max_steps'] or 'the env'} steps.",
         "",
+        behaviour_line(study),
+        "",
         "Cells: mean over seeds ± the half-width of a 95% t-interval over seeds (n - 1 degrees of freedom). "
         "Each row is labelled from what its runs' checkpoints say they were trained with, never from folder names.",
         "",
@@ -334,6 +486,9 @@ def markdown(study: dict[str, Any]) -> str:
             "### Targets (sub-task completion, mean over seeds)",
             "",
             targets(study, split),
+            "### Does each learner select actions? (weights and expert agreement)",
+            "",
+            diagnostics_table(study) if split == s["splits"][0] else "(see the first split)\n",
             "### Can these arms be told apart?",
             "",
             "Rule: two arms are told apart only when their 95% CIs do not overlap (a conservative check, not a "
@@ -341,6 +496,7 @@ def markdown(study: dict[str, Any]) -> str:
             "",
             told_apart(study, split),
         ]
+    parts += ["## Learning curves", "", curve_section(study)]
     parts += [
         "## Labelers (label quality from `rgvlm label-report` over the joined label sets)",
         "",
@@ -363,4 +519,6 @@ def report_files(study: dict[str, Any]) -> dict[str, bytes]:
     for split in study["settings"]["splits"]:
         files[f"{split}_by_k.png"] = plot_png(mean_rows(study, split), f"Mean over seeds by k ({split})")
         files[f"rho_vs_success_{split}.png"] = rho_plot(study, split)
+    if curve_rows(study):
+        files["learning_curves.png"] = curve_png(study)
     return files

@@ -12,9 +12,12 @@ from rgvlm_ray.iql.losses import (
     advantage_weights,
     awr_policy_loss,
     expectile_loss,
+    normalized_advantage,
+    policy_weights,
     polyak_update,
     q_target,
     twin_q_loss,
+    weight_diagnostics,
 )
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.update import ReplayBuffer, fit, history_lengths, iql_update, make_optimizer, q_heads
@@ -339,3 +342,101 @@ def test_history_window_solves_what_one_view_cannot(context: int, solves: bool) 
     accuracy = float((q.argmax(1).numpy() == cues).mean())
     print(f"context {context}: Q ranks the cue's action first at {accuracy:.2f} of junctions")
     assert (accuracy >= 0.9) if solves else (accuracy <= 0.7)
+
+
+# --- weights that select (issue 16) ----------------------------------------------------------------------------
+
+
+def test_normalized_advantage_is_zero_not_nan_when_every_advantage_is_equal() -> None:
+    for adv in (torch.zeros(8), torch.full((8,), 0.3), torch.tensor([2.0])):
+        out = normalized_advantage(adv)
+        assert torch.isfinite(out).all() and (out == 0).all()
+    out = normalized_advantage(torch.tensor([0.0, 0.01, 0.02, 0.03]))
+    assert out.mean().item() == pytest.approx(0.0, abs=1e-6)
+    assert out.std(unbiased=False).item() == pytest.approx(1.0, rel=1e-4)
+    # beta * A_norm: the weights' spread no longer depends on the advantages' scale
+    small, _ = policy_weights(torch.tensor([0.0, 0.01, 0.02, 0.03]), 1.0, 100.0, "std", "exp")
+    large, _ = policy_weights(torch.tensor([0.0, 10.0, 20.0, 30.0]), 1.0, 100.0, "std", "exp")
+    assert torch.allclose(small, large)
+    flat, exponent = policy_weights(torch.full((4,), 0.5), 3.0, 100.0, "std", "exp")
+    assert torch.equal(flat, torch.ones(4)) and torch.equal(exponent, torch.zeros(4))
+
+
+def test_policy_weights_binary_is_crr_indicator_and_none_is_cloning() -> None:
+    adv = torch.tensor([-0.2, 0.0, 0.1, 3.0])
+    binary, _ = policy_weights(adv, 5.0, 100.0, "none", "binary")
+    assert binary.tolist() == [0.0, 0.0, 1.0, 1.0]
+    clone, _ = policy_weights(adv, 5.0, 100.0, "none", "none")
+    assert clone.tolist() == [1.0] * 4
+    exp, exponent = policy_weights(adv, 5.0, 100.0, "none", "exp")
+    assert exp.tolist() == pytest.approx(advantage_weights(adv, 5.0).tolist())
+    assert exponent.tolist() == pytest.approx((5.0 * adv).tolist())
+
+
+def test_weight_diagnostics_ess_spread_clip_and_rewarded_ratio() -> None:
+    flat = weight_diagnostics(torch.ones(4), torch.zeros(4), torch.tensor([0.0, 0, 0, 1]), 100.0)
+    ess, spread, clipped, ratio = flat.tolist()
+    assert (ess, spread, clipped, ratio) == pytest.approx((1.0, 0.0, 0.0, 1.0))
+    # one transition carries the batch: ESS = 1/N; it is the rewarded one: ratio N
+    peaked = weight_diagnostics(
+        torch.tensor([0.0, 0, 0, 100.0]), torch.tensor([0.0, 0, 0, 5.0]), torch.tensor([0.0, 0, 0, 1]), 100.0
+    )
+    assert peaked.tolist()[:3] == pytest.approx(
+        [0.25, float(torch.tensor([0.0, 0, 0, 5.0]).std(unbiased=False)), 0.25]
+    )
+    assert peaked[3].item() == pytest.approx(4.0)
+    none_rewarded = weight_diagnostics(torch.ones(3), torch.zeros(3), torch.zeros(3), 100.0)
+    assert torch.isnan(none_rewarded[3])
+    all_zero = weight_diagnostics(torch.zeros(3), torch.zeros(3), torch.zeros(3), 100.0)  # binary, no A > 0
+    assert all_zero[0].item() == 0.0
+
+
+def _two_action_buffer(n: int = 128) -> ReplayBuffer:
+    """One state, two dataset actions half and half: action 2 ends the episode with reward 1, action 0 with 0.
+    Behaviour cloning cannot prefer either; a learner that uses the reward must pick action 2."""
+    obs = np.zeros((n, 7, 7, 3), dtype=np.uint8)
+    action = np.where(np.arange(n) % 2 == 0, 2, 0)
+    return ReplayBuffer.from_numpy(
+        {
+            "obs": obs,
+            "next_obs": obs,
+            "action": action,
+            "reward": (action == 2).astype(np.float32) * 0.05,  # a small reward: a small advantage scale
+            "done": np.ones(n, dtype=np.float32),
+            "goal_ids": np.tile([[2, 3, 0]], (n, 1)),
+            "goal_length": np.full(n, 2),
+            "episode": np.arange(n),
+            "step": np.zeros(n, dtype=np.int32),
+        }
+    )
+
+
+def _p_good(cfg: IQLConfig, seed: int = 0) -> tuple[float, dict[str, float]]:
+    torch.manual_seed(seed)
+    net = IQLNet(ModelSpec("symbolic", 5, 7, cfg.hidden, cfg.embed_dim, "mean"))
+    net, metrics = fit(_two_action_buffer(), net, cfg, steps=200, seed=seed)
+    with torch.no_grad():
+        logits = net.logits(
+            torch.zeros(1, 1, 7, 7, 3, dtype=torch.uint8), torch.zeros(1, 1, dtype=torch.long),
+            torch.ones(1, 1, dtype=torch.bool), torch.tensor([[2, 3]]), torch.tensor([2]),
+        )  # fmt: skip
+    return torch.softmax(logits, -1)[0, 2].item(), metrics
+
+
+def test_the_learner_tells_rewards_apart_where_behaviour_cloning_cannot() -> None:
+    """What docs/iql.md ("Weights that select") measured, on one state with a good and a bad action: BC stays at
+    half and half; the Polyak target heads on the moving shared encoder make the advantage point the wrong way;
+    the online heads give the right sign but, at this reward scale, flat exp(beta A) weights; normalised
+    advantages (or CRR's filter) on the online heads select the good action."""
+    base = dict(hidden=32, embed_dim=8, token_dim=32, batch_size=64, lr=3e-3, context=1)
+    bc, _ = _p_good(IQLConfig(**base, learner="bc"))
+    lagging, lag_metrics = _p_good(IQLConfig(**base))
+    flat, flat_metrics = _p_good(IQLConfig(**base, advantage_q="online"))
+    norm, norm_metrics = _p_good(IQLConfig(**base, advantage_q="online", adv_norm="std", beta=2.0))
+    binary, _ = _p_good(IQLConfig(**base, advantage_q="online", weighting="binary"))
+    assert bc == pytest.approx(0.5, abs=0.1)
+    assert lag_metrics["reward_weight_ratio"] < 1.0 and lagging < 0.4
+    assert flat_metrics["beta_adv_std"] < 0.3 and flat_metrics["awr_ess"] > 0.9 and flat < 0.7
+    assert norm_metrics["beta_adv_std"] == pytest.approx(2.0, abs=0.05)
+    assert norm_metrics["reward_weight_ratio"] > 1.3
+    assert norm > 0.8 and binary > 0.8

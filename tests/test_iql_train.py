@@ -131,3 +131,48 @@ def test_train_refuses_a_context_longer_than_any_episode(tmp_path, capsys) -> No
     assert cli([*args, f"iql.context={longest + 2}"]) == 2
     err = capsys.readouterr().err
     assert f"the longest has {longest} steps" in err and f"iql.context <= {longest + 1}" in err
+
+
+def test_train_rejects_unknown_learner_options_and_filtered_bc_on_equal_returns(tmp_path, capsys) -> None:
+    data = labeled_dataset(str(tmp_path / "data"), episodes=4)
+    args = ["train", "--in", data, "--out", str(tmp_path / "run"), "--reward", "oracle"]
+    for bad, named in (
+        ("iql.learner=awac", "iql.learner"),
+        ("iql.adv_norm=zscore", "iql.adv_norm"),
+        ("iql.weighting=softmax", "iql.weighting"),
+        ("iql.advantage_q=ema", "iql.advantage_q"),
+        ("iql.filter_top=0", "iql.filter_top"),
+    ):
+        assert cli([*args, bad]) == 2
+        assert named in capsys.readouterr().err
+    # A constant reward leaves nothing to filter on: a clear message, before anything starts.
+    table = fmt.read_shard(f"{data}/shard-00000.parquet")
+    flat = table.set_column(
+        table.schema.get_field_index("rewards"),
+        "rewards",
+        pa.array([[0.0] * len(a) for a in table["actions"].to_pylist()], pa.list_(pa.float32())),
+    )
+    fmt.write_shard(flat, str(tmp_path / "flat" / "shard-00000.parquet"))
+    flat_args = ["train", "--in", str(tmp_path / "flat"), "--out", str(tmp_path / "r2"), "--reward", "sparse"]
+    assert cli([*flat_args, "iql.learner=filtered_bc"]) == 2
+    assert "same return (0) under --reward sparse" in capsys.readouterr().err
+
+
+def test_filtered_bc_keeps_only_the_top_episodes_by_return() -> None:
+    from rgvlm_ray.iql.data import RewardStats, to_transitions
+    from rgvlm_ray.iql.vocab import Vocab
+
+    table = generated_table(episodes=6, subtasks="1-2")
+    rets = [sum(r) for r in table["rewards"].to_pylist()]
+    stats = RewardStats([], 6, 0, 0, min(rets), max(rets), 0, rets)
+    threshold = stats.filter_threshold(0.34, "sparse")
+    vocab = Vocab.build(table["goal"].to_pylist(), 100)
+    cols = to_transitions(table, "symbolic", "sparse", {}, "zero", 1.0, vocab, threshold)
+    kept_episodes = {int(e) for e, k in zip(cols["episode"], cols["keep"], strict=True) if k}
+    top = sorted(rets, reverse=True)[: len(kept_episodes)]
+    assert 2 <= len(kept_episodes) < 6 and min(top) >= threshold
+    # every row of a kept episode is kept, and the others stay in the buffer (for history windows) unsampled
+    assert len(cols["action"]) == sum(len(a) for a in table["actions"].to_pylist())
+    assert int(cols["keep"].sum()) == sum(
+        len(a) for a, r in zip(table["actions"].to_pylist(), rets, strict=True) if r >= threshold
+    )

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from scipy import stats
 
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import load_config
 from rgvlm_ray.study import Arm, Corpus, check_treatment, labeler_settings, plan_arms, run_config
-from rgvlm_ray.study_report import figure4_table, markdown, mean_ci, targets, told_apart
+from rgvlm_ray.study_report import diagnostics_table, figure4_table, markdown, mean_ci, targets, told_apart
 from rgvlm_ray.workspace import Workspace
 
 # --- CI math, against scipy's own t interval and a value worked out by hand -------------------------------------
@@ -99,18 +101,60 @@ def test_a_run_that_did_not_get_its_arms_treatment_fails_loudly_naming_it():
         {"config_seed": 0},
         {"spec_context": 8},
         {"seed": None, "config_seed": None},
+        {"learner": "bc"},
     ):
         with pytest.raises(RuntimeError, match="runs/oracle_sparse-ctx1/seed2"):
             check_treatment(good | bad, arm, 2, "runs/oracle_sparse-ctx1/seed2")
+    # A baseline must have trained as its learner, and the ceiling on the expert data.
+    ceiling = Arm("bc_expert", "sparse", 8, learner="bc", data="expert", seeds=1)
+    back = {"reward": "sparse", "seed": 0, "config_seed": 0, "context": 8, "learner": "bc", "in_path": "/e"}
+    back |= {"config_context": 8, "spec_context": 8}
+    check_treatment(back, ceiling, 0, "r", expected_in="/e")
+    with pytest.raises(RuntimeError, match="learner 'iql', expected 'bc'"):
+        check_treatment(back | {"learner": "iql"}, ceiling, 0, "r", expected_in="/e")
+    with pytest.raises(RuntimeError, match="data '/raw', expected '/e'"):
+        check_treatment(back | {"in_path": "/raw"}, ceiling, 0, "r", expected_in="/e")
+
+
+def test_baselines_and_the_ceiling_are_planned_and_configured_as_their_learner():
+    arms = plan_arms(["oracle"], ["X+sparse"], [], 8, baselines=["bc", "filtered_bc"], expert_ceiling=True)
+    assert [(a.name, a.reward, a.learner, a.data, a.seeds) for a in arms] == [
+        ("sparse", "sparse", "iql", "raw", None),
+        ("bc", "sparse", "bc", "raw", None),
+        ("filtered_bc", "sparse", "filtered_bc", "raw", None),
+        ("bc_expert", "sparse", "bc", "expert", 1),
+        ("oracle_sparse", "oracle+sparse", "iql", "raw", None),
+    ]
+    ws = Workspace(load_config(dotlist=["study.curve_points=3", "train.steps=300"]), "/out")
+    corpus = Corpus("/out/data/raw", {"oracle": "/out/data/labels-oracle"}, expert="/out/data/expert")
+    cfg = run_config(ws, arms[3], 0, corpus, 0.5)
+    assert (cfg.iql.learner, cfg.train.in_path, cfg.train.labels) == ("bc", "/out/data/expert", [])
+    assert run_config(ws, arms[2], 1, corpus, 0.5).iql.learner == "filtered_bc"
+    # seed 0 of a curve arm checkpoints at curve_points evenly spaced steps and keeps them all; others do not
+    curve = run_config(ws, arms[4], 0, corpus, 0.5).train
+    assert (curve.checkpoint_every, curve.keep_checkpoints >= 4) == (100, True)
+    assert run_config(ws, arms[4], 1, corpus, 0.5).train.checkpoint_every == ws.cfg.train.checkpoint_every
+    assert run_config(ws, arms[1], 0, corpus, 0.5).train.checkpoint_every == ws.cfg.train.checkpoint_every
 
 
 # --- the report, on hand-made runs ----------------------------------------------------------------------------------
 
 
-def _run(folder: str, reward: str, seed: int, value: float, context: int = 8) -> dict:
+def _run(
+    folder: str, reward: str, seed: int, value: float, context: int = 8, learner: str = "iql", **extra: object
+) -> dict:
     by_k = [{"k": k, "success_rate": value, "subtask_completion": value} for k in range(1, 7)]
-    back = {"reward": reward, "seed": seed, "context": context, "step": 4}
-    return {"arm": folder, "seed": seed, "read_back": back, "evals": {"seen": {"by_k": by_k}}}
+    back = {
+        "reward": reward,
+        "seed": seed,
+        "context": context,
+        "step": 4,
+        "learner": learner,
+        "in_path": "raw",
+    }
+    back |= {k: v for k, v in extra.items() if k in ("diagnostics", "in_path")}
+    ev = {"by_k": by_k, "expert_agreement": extra.get("agreement")}
+    return {"arm": folder, "seed": seed, "read_back": back, "evals": {"seen": ev}}
 
 
 def _study(runs: list[dict]) -> dict:
@@ -129,7 +173,7 @@ def _study(runs: list[dict]) -> dict:
         "settings": settings, "runs": runs, "arms": arms, "label_quality": quality, "timing": timing,
         "labelers": {"oracle": {"status": "ok", "in": "raw", "out": "l", "seconds": 1.0}},
         "skipped_labelers": [], "tiny_vlm": False, "tiny_clip": False, "created_utc": "now", "seconds": 1.0,
-        "reused": {"train": [], "eval": []}, "stages": [],
+        "reused": {"train": [], "eval": []}, "stages": [], "data": {"raw": "raw", "labels": {}, "expert": "expert"},
     }  # fmt: skip
 
 
@@ -169,6 +213,28 @@ def test_targets_report_the_measured_distance_of_each():
     assert "**Not met.**" in targets(_study(runs), "seen")
 
 
+def test_baseline_rows_and_weight_diagnostics_come_from_what_each_run_read_back():
+    diag = {"awr_ess": 0.5, "beta_adv_std": 1.2, "adv_clipped_frac": 0.0, "reward_weight_ratio": 2.0}
+    runs = [_run("x", "oracle+sparse", s, 0.4, diagnostics=diag, agreement=0.8) for s in range(3)]
+    runs += [_run("x", "sparse", s, 0.2, learner="bc", agreement=a) for s, a in enumerate([0.6, 0.62, 0.61])]
+    runs += [_run("x", "sparse", 0, 0.7, learner="bc", in_path="expert", agreement=0.9)]
+    study = _study(runs)
+    table = diagnostics_table(study)
+    assert (
+        "| oracle+sparse | n=3 (seeds 0, 1, 2) | 0.50 ± 0.00 | 1.20 ± 0.00 | 0.00 ± 0.00 | 2.00 ± 0.00 | 0.80 ± 0.00 |"
+        in table
+    )
+    assert "| bc | n=3 (seeds 0, 1, 2) | BC: weights 1 |" in table
+    assert "| bc (expert data) | n=1, no CI (seeds 0) |" in table
+    text = targets(study, "seen")
+    assert (
+        "`oracle+sparse` above `bc` at k >= 3 (IQL uses the reward): 0.400 vs 0.200; higher, CIs do not overlap. **Met.**"
+        in text
+    )
+    assert "expert-action agreement, `oracle+sparse` above `bc`: 0.800 vs 0.610" in text
+    assert "ceiling (BC on noise-free expert data, one seed) at k >= 3: 0.700" in text
+
+
 # --- end to end -------------------------------------------------------------------------------------------------------
 
 
@@ -188,6 +254,7 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
         "generate.episodes=12", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
         "study.labelers=[oracle,clip]", f"study.clip_model={tmp_path / 'no-such-clip'}",  # clip fails to load
         "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=4",
+        "study.baselines=[bc]", "study.expert_ceiling=true", "study.curve_points=2",
         "label.max_restarts=0",
         "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30",
         "train.checkpoint_every=4", "train.log_every=2",
@@ -199,32 +266,52 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     study = json.loads((out / "study.json").read_text())
     assert study["labelers"]["oracle"]["status"] == "ok"
     assert study["labelers"]["clip"]["status"] == "failed" and study["skipped_labelers"] == ["clip"]
-    # Each training costs ~20-45 s of Ray Train start-up on 2 cores, so two arms; the X mode is planned above.
-    expected = {"sparse": "sparse", "oracle_sparse": "oracle+sparse"}
+    # Each training costs ~20-45 s of Ray Train start-up on 2 cores, so few arms; the X mode is planned above.
+    expected = {"sparse": "sparse", "bc": "sparse", "bc_expert": "sparse", "oracle_sparse": "oracle+sparse"}
+    learners = {"sparse": "iql", "bc": "bc", "bc_expert": "bc", "oracle_sparse": "iql"}
     assert [a["name"] for a in study["arms"]] == list(expected)
 
-    # Every run trained with its arm's reward and seed, as its own checkpoint says.
+    # Every run trained with its arm's reward, learner, data and seed, as its own checkpoint says.
     runs = _checkpoint_files(out, "run.json")
     configs = _checkpoint_files(out, "config.json")
-    assert sorted(runs) == sorted(f"{arm}/seed{s}" for arm in expected for s in (0, 1))
+    seeds = {arm: (0,) if arm == "bc_expert" else (0, 1) for arm in expected}  # the ceiling runs once
+    assert sorted(runs) == sorted(f"{arm}/seed{s}" for arm in expected for s in seeds[arm])
     for key, run in runs.items():
         arm, seed = key.split("/")
-        assert run["reward"] == expected[arm] and run["step"] == 4
+        assert run["reward"] == expected[arm] and run["step"] == 4 and run["learner"] == learners[arm]
+        assert run["in_path"] == str(out / "data" / ("expert" if arm == "bc_expert" else "raw"))
+        assert set(run["diagnostics"]) >= {
+            "awr_ess",
+            "beta_adv_std",
+            "adv_clipped_frac",
+            "reward_weight_ratio",
+        }
         assert configs[key]["train"]["seed"] == int(seed.removeprefix("seed"))
         assert configs[key]["iql"]["context"] == study["settings"]["default_context"]
     for arm in expected:
-        for seed in (0, 1):
+        for seed in seeds[arm]:
             ev = json.loads((out / "eval" / arm / f"seed{seed}" / "seen" / "eval.json").read_text())
             assert ev["reward"] == expected[arm] and [r["k"] for r in ev["by_k"]] == [1, 2, 3, 4, 5, 6]
+            assert ev["policy"] == "greedy" and 0 <= ev["expert_agreement"] <= 1
+    # The noise-free expert data really is noise-free: every action is the bot's.
+    expert = pq.read_table(out / "data" / "expert", columns=["actions", "expert_actions"]).to_pylist()
+    assert all(r["actions"] == r["expert_actions"] for r in expert)
+    # Learning curves: seed 0 of sparse and oracle+sparse evaluated at the intermediate checkpoint (step 2).
+    curves = {r["arm"]: r["curve"] for r in study["runs"] if r["curve"]}
+    assert sorted(curves) == ["oracle_sparse", "sparse"] and all(c[0]["step"] == 2 for c in curves.values())
+    assert (out / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
 
     md = (out / "study.md").read_text()
     assert "clip" in md and "FAILED" in md and "its arms were skipped" in md
-    for reward in ("sparse", "oracle+sparse"):
+    for reward in ("sparse", "oracle+sparse", "bc"):
         assert f"\n| {reward} | n=2 (seeds 0, 1) | " in md
+    assert (
+        "\n| bc (expert data) | n=1, no CI (seeds 0) | " in md and "Does each learner select actions?" in md
+    )
     assert " ± " in md and "Can these arms be told apart?" in md and "`oracle+sparse` vs `sparse`" in md
     for png in ("seen_by_k.png", "rho_vs_success_seen.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
-    assert study["timing"]["trainings_run"] == 4
+    assert study["timing"]["trainings_run"] == 7
     assert study["timing"]["max_concurrent_trainings"] >= 2  # the trainings overlapped (4 threads, 4 runs)
 
     # A rerun trains and evaluates nothing: every run is finished and every eval.json matches its checkpoint.
@@ -235,6 +322,17 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     assert sorted(again["reused"]["eval"]) == sorted(f"{k}/seen" for k in runs)
     assert again["timing"]["trainings_run"] == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # A learning-curve point whose eval and checkpoint are gone is recomputed (the run trains again aside).
+    shutil.rmtree(out / "eval" / "sparse" / "seed0" / "curve")
+    shutil.rmtree(out / "runs" / "sparse" / "seed0" / "checkpoint_00000002")
+    assert main(args) == 1
+    again = json.loads((out / "study.json").read_text())
+    (point,) = next(r["curve"] for r in again["runs"] if r["arm"] == "sparse" and r["seed"] == 0)
+    assert (
+        point["step"] == 2
+        and (out / "runs" / "sparse" / "seed0" / "curve-rerun" / "checkpoint_00000002").is_dir()
+    )
 
     # A run whose checkpoint says another reward stops the study, naming it.
     tampered = sorted((out / "runs" / "oracle_sparse" / "seed1").glob("checkpoint_0*"))[-1] / "run.json"

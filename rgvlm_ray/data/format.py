@@ -45,6 +45,9 @@ OPTIONAL_FIELDS: list[pa.Field] = [
     pa.field("frames_full", pa.list_(pa.binary())),  # PNG, T+1 top-down views for the LVLM judge
     pa.field("symbolic", pa.list_(pa.binary())),  # T+1 BabyAI 7x7x3 uint8 grids, raw bytes
     pa.field("directions", pa.list_(pa.int8())),  # T+1 agent directions 0..3
+    # T: the BabyAI bot's suggested action at each step, beside the action taken. Never read by training: only
+    # evaluation's expert-action agreement (docs/iql.md), and inspect's behaviour summary.
+    pa.field("expert_actions", pa.list_(pa.int32())),
     pa.field("source_episode", pa.int64()),  # the episode's index in the imported dataset
     pa.field("source_frames", pa.list_(pa.int64())),  # T+1: each kept frame's index in the source episode
 ]
@@ -53,7 +56,7 @@ CORE_COLUMNS = [f.name for f in CORE_FIELDS]
 SYMBOLIC_SHAPE = (7, 7, 3)
 
 # Per-step columns: their length relative to the number of actions T.
-STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0}
+STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0, "expert_actions": 0}
 FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1, "source_frames": 1}
 NULLABLE_COLUMNS = {f.name for f in OPTIONAL_FIELDS}  # unknown or not recorded
 

@@ -10,6 +10,7 @@ from dataclasses import asdict
 
 import numpy as np
 import pyarrow as pa
+from minigrid.envs.babyai.core.verifier import GoToInstr, ObjDesc
 from minigrid.utils.baby_ai_bot import BabyAIBot
 
 from rgvlm_ray import storage
@@ -26,6 +27,7 @@ from rgvlm_ray.data.env import (
     encode_png,
     find_mission,
     full_view_rgb,
+    leaves,
     make_env,
 )
 from rgvlm_ray.errors import UsageError
@@ -34,6 +36,10 @@ log = logging.getLogger(__name__)
 GENERATOR_KEY = b"rgvlm.generator"
 NOISE_STREAM = 0x4E4F4953
 DROP = ACTION_TEXTS.index("drop")
+DONE = ACTION_TEXTS.index("done")
+BEHAVIOUR_STREAM = 0x42454856
+ABANDON_DECOYS = 2  # objects an abandoning behaviour wanders to before its episode is cut off
+MAX_DECOY_STEPS = 64  # a decoy walk that has not arrived by then is given up
 
 
 def parse_subtasks(text: str) -> list[int]:
@@ -48,6 +54,14 @@ def parse_subtasks(text: str) -> list[int]:
     if not ks or min(ks) < 1 or max(ks) > MAX_SUBTASKS:
         raise UsageError(f"--subtasks must be within 1..{MAX_SUBTASKS}, got {text!r}")
     return sorted(set(ks))
+
+
+def check_behaviour(g: GenerateConfig) -> None:
+    probs = {"expert_noise": g.expert_noise, "detour": g.detour, "abandon": g.abandon}
+    probs.update({f"noise_levels[{i}]": p for i, p in enumerate(g.noise_levels)})
+    bad = [f"generate.{k}={v}" for k, v in probs.items() if not 0.0 <= float(v) <= 1.0]
+    if bad:
+        raise UsageError(f"{', '.join(bad)}: probabilities must lie in [0, 1]")
 
 
 def episode_plan(cfg: GenerateConfig) -> list[tuple[int, int]]:
@@ -72,10 +86,106 @@ def _bot_action(
         return bot, DROP if env.carrying is not None else int(rng.integers(RANDOM_ACTIONS))
 
 
-def generate_episode(env_cfg: EnvConfig, spec: EpisodeSpec, noise: float, renderer: FrameRenderer) -> dict:
-    """One behaviour-policy episode as a format row."""
+def decoy_bot(env: ChainLevel, obj_type: str, color: str) -> BabyAIBot | None:
+    """A bot that walks to an object of this type and colour: the bot reads its plan from `env.instrs` once,
+    when built, so it is built on a GoTo instruction swapped in for that moment. None if it cannot plan."""
+    instr = GoToInstr(ObjDesc(obj_type, color))
+    real = env.instrs
+    try:
+        instr.reset_verifier(env)
+        env.instrs = instr
+        return BabyAIBot(env)
+    except Exception:
+        return None
+    finally:
+        env.instrs = real
+
+
+def target_of(instr: object) -> tuple[str, str] | None:
+    """(type, colour) of the object a sub-task is about (PutNext: the object to move)."""
+    desc = getattr(instr, "desc", None) or getattr(instr, "desc_move", None)
+    return (desc.type, desc.color) if desc is not None and desc.color is not None else None
+
+
+def random_object(env: ChainLevel, rng: np.random.Generator) -> tuple[str, str]:
+    objs = [o for row in env.room_grid for room in row for o in room.objs]
+    obj = objs[int(rng.integers(len(objs)))]
+    return obj.type, obj.color
+
+
+class Behaviour:
+    """The mixture's per-episode choices: whether to abandon after j sub-tasks, and when to take a detour to a
+    wrong sub-task's object. Draws from its own stream, and only when asked for, so the plain noisy bot's
+    episodes are the same as before the mixture existed."""
+
+    def __init__(self, cfg: GenerateConfig, spec: EpisodeSpec) -> None:
+        self.rng = np.random.default_rng(derive_seed(spec.mission_seed, spec.index, BEHAVIOUR_STREAM))
+        self.detour = cfg.detour
+        self.noise = cfg.expert_noise
+        if cfg.noise_levels:
+            self.noise = float(cfg.noise_levels[int(self.rng.integers(len(cfg.noise_levels)))])
+        self.abandon_at = (
+            int(self.rng.integers(spec.num_subtasks))
+            if cfg.abandon and self.rng.random() < cfg.abandon
+            else None
+        )
+        self.abandoned = False
+        self.decoys_left = ABANDON_DECOYS
+        self.decoy: BabyAIBot | None = None
+        self.decoy_steps = 0
+        self.subtask = -1
+
+    def start_subtask(self, env: ChainLevel) -> None:
+        """Called when sub-task `progress` begins: maybe abandon, maybe walk to a later sub-task's object first."""
+        j = env.progress()
+        if j == self.subtask:
+            return
+        self.subtask = j
+        if self.abandon_at is not None and j >= self.abandon_at and not self.abandoned:
+            self.abandoned = True
+            self.new_decoy(env, random_object(env, self.rng))
+        elif self.detour and not self.abandoned and self.rng.random() < self.detour:
+            later = [target_of(t) for t in leaves(env.instrs)[j + 1 :]]
+            target = next((t for t in later if t is not None), None) or random_object(env, self.rng)
+            self.new_decoy(env, target)
+
+    def new_decoy(self, env: ChainLevel, target: tuple[str, str]) -> None:
+        self.decoy, self.decoy_steps = decoy_bot(env, *target), 0
+
+    def action(self, env: ChainLevel, prev: int | None, expert: int) -> tuple[int | None, bool]:
+        """(the behaviour's action before noise, or None when it stops; whether the episode is cut off here)."""
+        while self.decoy is not None:
+            try:
+                a = int(self.decoy.replan(prev))
+            except Exception:
+                a = DONE
+            self.decoy_steps += 1
+            if a != DONE and self.decoy_steps <= MAX_DECOY_STEPS:
+                return a, False
+            self.decoy = None  # arrived (or lost): back to the mission, or on to the next decoy
+            if self.abandoned:
+                self.decoys_left -= 1
+                if self.decoys_left <= 0:
+                    return None, True
+                self.new_decoy(env, random_object(env, self.rng))
+            prev = None
+        return expert, False
+
+
+def generate_episode(
+    env_cfg: EnvConfig,
+    spec: EpisodeSpec,
+    noise: float,
+    renderer: FrameRenderer,
+    gen: GenerateConfig | None = None,
+) -> dict:
+    """One behaviour-policy episode as a format row. `gen` adds the behaviour mixture (detours, abandoning,
+    per-episode noise levels); without it the behaviour is the bot with `noise`."""
     env = make_env(env_cfg, spec)
     rng = np.random.default_rng(derive_seed(spec.mission_seed, spec.index, NOISE_STREAM))
+    behaviour = Behaviour(gen, spec) if gen is not None else None
+    if behaviour is not None:
+        noise = behaviour.noise
     bot = BabyAIBot(env)
     obs = env.gen_obs()
     frames, symbolic, directions = (
@@ -84,16 +194,24 @@ def generate_episode(env_cfg: EnvConfig, spec: EpisodeSpec, noise: float, render
         [obs["direction"]],
     )
     full = [encode_png(full_view_rgb(env, env_cfg.full_tile_size))] if env_cfg.full_view else None
-    actions, rewards, progress = [], [], []
+    actions, rewards, progress, experts = [], [], [], []
     prev: int | None = None
     terminated = truncated = False
     while not (terminated or truncated):
-        bot, action = _bot_action(env, bot, prev, rng)
+        bot, expert = _bot_action(env, bot, prev, rng)
+        action: int | None = expert
+        if behaviour is not None:
+            behaviour.start_subtask(env)
+            action, cut = behaviour.action(env, prev, expert)
+            if cut or action is None:
+                truncated = True  # the recording stops: a truncated episode, not a terminal
+                break
         if rng.random() < noise:
             action = int(rng.integers(RANDOM_ACTIONS))
         obs, reward, terminated, truncated, _ = env.step(action)
         prev = action
         actions.append(action)
+        experts.append(expert)
         rewards.append(float(reward))
         progress.append(env.progress())
         frames.append(renderer.png(obs["image"]))
@@ -118,12 +236,19 @@ def generate_episode(env_cfg: EnvConfig, spec: EpisodeSpec, noise: float, render
         "frames_full": full,
         "symbolic": symbolic,
         "directions": directions,
+        "expert_actions": experts,
     }
 
 
 def generator_metadata(cfg: Config) -> dict[bytes, bytes]:
     """Stored in each shard so evaluation can rebuild the same environment and seed pool."""
-    meta = {"pool_seed": cfg.generate.seed, "env": asdict(cfg.env), "expert_noise": cfg.generate.expert_noise}
+    g = cfg.generate
+    meta = {
+        "pool_seed": g.seed,
+        "env": asdict(cfg.env),
+        "expert_noise": g.expert_noise,
+        "behaviour": {"noise_levels": list(g.noise_levels), "detour": g.detour, "abandon": g.abandon},
+    }
     return {GENERATOR_KEY: json.dumps(meta).encode()}
 
 
@@ -132,7 +257,7 @@ def build_shard(cfg: Config, plan: list[tuple[int, int]]) -> pa.Table:
     rows = []
     for k, index in plan:
         spec = find_mission(cfg.env, k, index, cfg.generate.seed, cfg.generate.split)
-        rows.append(generate_episode(cfg.env, spec, cfg.generate.expert_noise, renderer))
+        rows.append(generate_episode(cfg.env, spec, cfg.generate.expert_noise, renderer, cfg.generate))
     table = pa.Table.from_pylist(rows, schema=fmt.EPISODE_SCHEMA)
     if not cfg.env.full_view:
         table = table.drop_columns(["frames_full"])
@@ -190,6 +315,7 @@ def run(cfg: Config) -> dict:
         raise UsageError(f"--split must be one of {fmt.SPLITS}, got {g.split!r}")
     if g.episodes < 1 or g.episodes_per_shard < 1:
         raise UsageError("--episodes and --episodes-per-shard must be positive")
+    check_behaviour(g)
     plan = episode_plan(g)
     fmt.refuse_existing(g.out, g.overwrite, cfg.storage)
     init_ray(cfg.ray)

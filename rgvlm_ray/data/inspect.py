@@ -24,6 +24,45 @@ def label_coverage(table: pa.Table, labeler: str) -> tuple[int, int]:
     return len(rewards) - rewards.null_count, len(rewards)
 
 
+class Behaviour:
+    """Success, sub-task completion by k and agreement with the bot's actions, for data that records them."""
+
+    def __init__(self) -> None:
+        self.by_k: dict[int, list[tuple[bool, float]]] = {}
+        self.agree = [0, 0]
+
+    def add(self, table: pa.Table) -> None:
+        names = table.column_names
+        if "num_subtasks" in names and "progress" in names:
+            cols = [
+                table.column(c).to_pylist() for c in ("num_subtasks", "progress", "terminated", "rewards")
+            ]
+            for k, progress, term, rewards in zip(*cols, strict=True):
+                if k:
+                    success = bool(term) and bool(rewards) and rewards[-1] > 0
+                    self.by_k.setdefault(k, []).append((success, (progress[-1] if progress else 0) / k))
+        if "expert_actions" in names:
+            for a, e in zip(
+                table.column("actions").to_pylist(), table.column("expert_actions").to_pylist(), strict=True
+            ):
+                if e is not None:
+                    self.agree[0] += sum(int(x == y) for x, y in zip(a, e, strict=False))
+                    self.agree[1] += len(e)
+
+    def result(self) -> dict | None:
+        if not self.by_k and not self.agree[1]:
+            return None
+        rows = {
+            k: {"episodes": len(v), "success_rate": round(sum(s for s, _ in v) / len(v), 3),
+                "subtask_completion": round(sum(c for _, c in v) / len(v), 3)}
+            for k, v in sorted(self.by_k.items())
+        }  # fmt: skip
+        return {
+            "by_k": rows,
+            "expert_agreement": round(self.agree[0] / self.agree[1], 4) if self.agree[1] else None,
+        }
+
+
 def summarize(
     path: str,
     cfg: StorageConfig,
@@ -42,8 +81,10 @@ def summarize(
     columns: list[str] = []
     meta: dict = {}
     coverage: dict[str, list[int]] = {}
+    behaviour = Behaviour()
 
     def add(shard: str, name: str, table: pa.Table) -> None:
+        behaviour.add(table)
         columns[:] = columns or table.column_names
         meta.setdefault("actions", json.loads(action_space(table.schema).to_json()))
         meta.setdefault("source", source_metadata(table.schema))
@@ -88,6 +129,7 @@ def summarize(
             for name, (d, t) in coverage.items()
         },
         "label_sets": list(label_sets or []),
+        "behaviour": behaviour.result(),
         "validation_errors": issues,
     }
 
@@ -103,6 +145,15 @@ def render(summary: dict) -> str:
         f"columns      {', '.join(summary['columns'])}",
         f"actions      {json.dumps(summary['actions'])}",
     ]
+    b = summary.get("behaviour")
+    if b:
+        agree = "n/a (no expert_actions)" if b["expert_agreement"] is None else f"{b['expert_agreement']:.3f}"
+        lines.append(f"behaviour    actions equal to the bot's: {agree}")
+        for k, r in b["by_k"].items():
+            lines.append(
+                f"  k={k}: {r['episodes']} episodes, success {r['success_rate']:.2f}, "
+                f"sub-tasks completed {r['subtask_completion']:.2f}"
+            )
     if summary["source"]:
         lines.append(f"imported     {json.dumps(summary['source'])}")
     if summary["labels"]:

@@ -54,6 +54,7 @@ class DatasetInfo:
     env: dict[str, Any] | None  # the generator's EnvConfig
     source: str  # where pool_seed/env came from: metadata | episode_id | unknown
     actions: ActionSpace = field(default_factory=lambda: ActionSpace("discrete"))
+    behaviour: dict[str, Any] | None = None  # the generator's behaviour policy (noise, detours, abandoning)
 
 
 def inspect_dataset(source: Source) -> DatasetInfo:
@@ -67,8 +68,13 @@ def inspect_dataset(source: Source) -> DatasetInfo:
     meta = (schema.metadata or {}).get(GENERATOR_KEY)
     if meta is not None:
         data = json.loads(meta)
+        behaviour = (
+            {"expert_noise": data["expert_noise"], **data.get("behaviour", {})}
+            if "expert_noise" in data
+            else None
+        )
         return DatasetInfo(
-            source, shards, columns, int(data["pool_seed"]), data.get("env"), "metadata", space
+            source, shards, columns, int(data["pool_seed"]), data.get("env"), "metadata", space, behaviour
         )
     # Shards rewritten without the generator's metadata still name the pool in every episode id.
     ids = fmt.read_shard(shards[0], cfg, columns=["episode_id"])["episode_id"].to_pylist()
@@ -113,6 +119,18 @@ class RewardStats:
     min_return: float
     max_return: float
     longest: int  # steps in the longest episode
+    returns: list[float] = field(default_factory=list)  # per episode, under train.reward
+
+    def filter_threshold(self, top: float, reward: str) -> float:
+        """filtered_bc (CORL's BC-N%): the return an episode needs to be in the top `top` share of episodes.
+        Ties at the threshold are all kept, so slightly more than `top` may be."""
+        if self.max_return - self.min_return <= 1e-12:
+            raise UsageError(
+                f"iql.learner=filtered_bc: every episode has the same return ({self.max_return:g}) under "
+                f"--reward {reward}, so there is no top {top:.0%} to keep; use iql.learner=bc, or a reward "
+                "whose returns differ between episodes"
+            )
+        return float(np.quantile(np.asarray(self.returns), 1.0 - top, method="lower"))
 
     def scale(self, normalize: bool) -> float:
         """IQL's return normalisation (paper, MuJoCo: r * 1000 / (max_return - min_return)).
@@ -141,7 +159,7 @@ def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
             longest = max(longest, len(r))
     if not goals:
         raise UsageError(f"--in {cfg.train.in_path}: the dataset has no episodes")
-    return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets), longest)
+    return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets), longest, rets)
 
 
 # --- pass 2: transitions ----------------------------------------------------------------------------------
@@ -171,11 +189,13 @@ def to_transitions(
     null_rule: str,
     scale: float,
     vocab: Vocab,
+    min_return: float | None = None,
 ) -> dict[str, np.ndarray]:
     """A batch of episodes -> one row per step, in step order. Returns numpy arrays (Arrow tensors in Ray).
 
     Rows that `null_reward=drop` leaves out are kept with keep=False: they are never sampled, but later
-    steps' history windows still see their observations and actions.
+    steps' history windows still see their observations and actions. So are all rows of an episode whose
+    return is below `min_return` (filtered_bc).
     """
     goal_ids, _ = vocab.encode(batch.column("goal").to_pylist(), length=vocab.max_len)
     obs_col = batch.column(OBS_COLUMNS[obs_mode]).to_pylist()
@@ -190,6 +210,8 @@ def to_transitions(
             continue
         obs = decode_observations(obs_col[i], obs_mode)
         r, keep, _ = episode_rewards({c: v[i] for c, v in rcols.items()}, reward, weights, null_rule)
+        if min_return is not None and float(r[keep].sum()) < min_return:
+            keep = np.zeros_like(keep)
         done = np.zeros(t, dtype=np.float32)
         done[-1] = float(bool(terminated[i]))  # truncation (time limit) is not a terminal: bootstrap
         parts["obs"].append(obs[:-1])
@@ -214,7 +236,9 @@ def to_transitions(
     return {c: np.concatenate(v) for c, v in parts.items()}
 
 
-def transitions(episodes: ray.data.Dataset, cfg: Config, vocab: Vocab, scale: float) -> ray.data.Dataset:
+def transitions(
+    episodes: ray.data.Dataset, cfg: Config, vocab: Vocab, scale: float, min_return: float | None = None
+) -> ray.data.Dataset:
     return episodes.repartition(target_num_rows_per_block=EPISODES_PER_BLOCK).map_batches(
         to_transitions,
         batch_format="pyarrow",
@@ -226,6 +250,7 @@ def transitions(episodes: ray.data.Dataset, cfg: Config, vocab: Vocab, scale: fl
             "null_rule": cfg.iql.null_reward,
             "scale": scale,
             "vocab": vocab,
+            "min_return": min_return,
         },
     )
 

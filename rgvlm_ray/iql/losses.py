@@ -38,12 +38,73 @@ def advantage_weights(adv: torch.Tensor, beta: float, max_weight: float = 100.0)
     return torch.exp(beta * adv).clamp(max=max_weight)
 
 
+def normalized_advantage(adv: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(A - mean A) / sd A over the batch, so beta sets the weights' spread in units of the batch's own spread.
+
+    Centering only rescales exp(beta * A) by a batch constant (the weights' ratios are unchanged) and keeps the
+    clip from biting on a batch whose advantages are all large. When every advantage is equal (a constant
+    reward, or a critic that has learned nothing yet) the sd is ~0: the result is 0, weights 1, behaviour
+    cloning, never a division by zero.
+    """
+    centered = adv - adv.mean()
+    sd = adv.std(unbiased=False) if adv.numel() > 1 else adv.new_zeros(())
+    return torch.where(sd > eps, centered / sd.clamp(min=eps), torch.zeros_like(centered))
+
+
+def policy_weights(
+    adv: torch.Tensor, beta: float, max_weight: float, norm: str, weighting: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(per-transition actor weights, the exponent beta * A they came from), from detached advantages.
+
+    weighting `exp`: IQL's exp(beta * A) (A normalised first when norm is `std`); `binary`: CRR's indicator
+    1[A > 0] on the raw advantage (Wang et al. 2020, "Critic Regularized Regression"), whose weights cannot
+    be flattened by a small advantage scale; `none`: all ones, behaviour cloning.
+    """
+    adv = adv.detach()
+    scaled = beta * (normalized_advantage(adv) if norm == "std" else adv)
+    if weighting == "binary":
+        return (adv > 0).to(adv.dtype), scaled
+    if weighting == "none":
+        return torch.ones_like(adv), scaled
+    return torch.exp(scaled).clamp(max=max_weight), scaled
+
+
+def weighted_bc_loss(logits: torch.Tensor, actions: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """-mean(w * log pi(a|s)) over dataset actions, w given (no gradient through it)."""
+    return (weights.detach() * F.cross_entropy(logits, actions, reduction="none")).mean()
+
+
 def awr_policy_loss(
     logits: torch.Tensor, actions: torch.Tensor, adv: torch.Tensor, beta: float, max_weight: float = 100.0
 ) -> torch.Tensor:
     """Advantage-weighted behaviour cloning: -mean(exp(beta * A) * log pi(a|s)) over dataset actions."""
-    weights = advantage_weights(adv.detach(), beta, max_weight)
-    return (weights * F.cross_entropy(logits, actions, reduction="none")).mean()
+    return weighted_bc_loss(logits, actions, advantage_weights(adv.detach(), beta, max_weight))
+
+
+def weight_diagnostics(
+    weights: torch.Tensor, exponent: torch.Tensor, reward: torch.Tensor, max_weight: float
+) -> torch.Tensor:
+    """Whether the actor's weights select: [awr_ess, beta_adv_std, adv_clipped_frac, reward_weight_ratio].
+
+    awr_ess: effective sample size (sum w)^2 / (N sum w^2) as a share of the batch: 1 is behaviour cloning,
+    small means few transitions carry the loss. beta_adv_std: sd of the exponent beta * A (below ~0.3 the
+    weights are nearly flat). reward_weight_ratio: mean weight on transitions with a non-zero reward over the
+    mean weight of all (NaN when the batch has none). A batch of all-zero weights (binary, no A > 0) has
+    ESS 0.
+    """
+    n = weights.numel()
+    total = weights.sum()
+    ess = torch.where(total > 0, total.pow(2) / (n * weights.pow(2).sum()).clamp(min=1e-12), total * 0)
+    rewarded = reward != 0
+    mean_w = weights.mean().clamp(min=1e-12)
+    ratio = torch.where(
+        rewarded.any(),
+        (weights * rewarded).sum() / rewarded.sum().clamp(min=1) / mean_w,
+        torch.full_like(mean_w, float("nan")),
+    )
+    return torch.stack(
+        [ess, exponent.std(unbiased=False), (weights >= max_weight).to(weights.dtype).mean(), ratio]
+    )
 
 
 @torch.no_grad()

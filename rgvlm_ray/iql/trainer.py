@@ -18,12 +18,30 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql import checkpoint as ckpt
 from rgvlm_ray.iql import data
 from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, ModelSpec, target_heads
-from rgvlm_ray.iql.update import iql_update, make_optimizer, metrics_dict
+from rgvlm_ray.iql.update import (
+    ADV_NORMS,
+    ADVANTAGE_QS,
+    LEARNERS,
+    WEIGHTINGS,
+    MetricMeans,
+    iql_update,
+    make_optimizer,
+)
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source, read_dataset
 from rgvlm_ray.labelstore.rewards import NULL_RULES, check_weights, reward_columns
 
 log = logging.getLogger(__name__)
+# What run.json keeps of the last report: whether the actor's weights selected (docs/iql.md, "Diagnostics").
+DIAGNOSTICS = (
+    "awr_ess",
+    "beta_adv_std",
+    "adv_clipped_frac",
+    "reward_weight_ratio",
+    "adv_std",
+    "q_mean",
+    "v_mean",
+)
 
 
 def model_spec(cfg: Config, vocab: Vocab) -> ModelSpec:
@@ -39,8 +57,20 @@ def log_line(metrics: dict[str, float]) -> str:
     return (
         f"step {int(metrics['step'])}: q {metrics['q_loss']:.4f}  v {metrics['v_loss']:.4f}  "
         f"pi {metrics['policy_loss']:.4f}  adv {metrics['adv_mean']:+.3f}±{metrics['adv_std']:.3f}  "
-        f"{metrics['updates_per_s']:.1f} upd/s  {metrics['samples_per_s']:,.0f} samples/s"
+        f"weights: ess {metrics['awr_ess']:.2f} beta·sd(A) {metrics['beta_adv_std']:.2f} "
+        f"clipped {metrics['adv_clipped_frac']:.1%} rewarded x{metrics['reward_weight_ratio']:.2f}  "
+        f"{metrics['updates_per_s']:.1f} upd/s"
     )
+
+
+def quiet_reports() -> None:
+    """Ray Train logs each report's whole metrics dict at INFO (its logger is named after its file); log_line
+    already gives one line per report."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: its logs stay as they are
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -48,6 +78,7 @@ def train_loop(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    quiet_reports()
     cfg: Config = config["cfg"]
     vocab = Vocab.from_json(config["vocab"])
     ctx = ray.train.get_context()
@@ -88,6 +119,7 @@ def train_loop(config: dict[str, Any]) -> None:
         "transitions_rank0": len(buffer),
     }
     tick, done_since = time.perf_counter(), 0
+    means = MetricMeans()
     for step in range(start + 1, cfg.train.steps + 1):
         values = iql_update(
             model,
@@ -98,12 +130,13 @@ def train_loop(config: dict[str, Any]) -> None:
             buffer.sample(cfg.iql.batch_size, spec.context, generator),
             cfg.iql,
         )
+        means.add(values)  # a host sync per step: ~1% of a CPU update, and the diagnostics need every batch
         done_since += 1
         save = step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
         if not (save or step % cfg.train.log_every == 0):
             continue
         elapsed = time.perf_counter() - tick
-        metrics = {"step": step, **metrics_dict(values), "updates_per_s": done_since / max(elapsed, 1e-9)}
+        metrics = {"step": step, **means.pop(), "updates_per_s": done_since / max(elapsed, 1e-9)}
         metrics["samples_per_s"] = metrics["updates_per_s"] * cfg.iql.batch_size * ctx.get_world_size()
         metrics["lr_actor"] = scheduler.get_last_lr()[1]
         if rank == 0:
@@ -112,9 +145,11 @@ def train_loop(config: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as directory:
             checkpoint = None
             if save and rank == 0:
+                diagnostics = {k: metrics[k] for k in DIAGNOSTICS}
                 ckpt.save_checkpoint(
-                    directory, net, target, optimizer, scheduler, vocab, cfg, {**run, "step": step}
-                )
+                    directory, net, target, optimizer, scheduler, vocab, cfg,
+                    {**run, "step": step, "diagnostics": diagnostics},
+                )  # fmt: skip
                 checkpoint = ray.train.Checkpoint.from_directory(directory)
             ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=ckpt.checkpoint_name(step))
         tick, done_since = time.perf_counter(), 0
@@ -161,6 +196,16 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"iql.history must be one of {HISTORIES}, got {i.history!r}")
     if i.context < 1:
         raise UsageError(f"iql.context must be >= 1 (1: memoryless), got {i.context}")
+    for key, value, allowed in (
+        ("learner", i.learner, LEARNERS),
+        ("adv_norm", i.adv_norm, ADV_NORMS),
+        ("weighting", i.weighting, WEIGHTINGS),
+        ("advantage_q", i.advantage_q, ADVANTAGE_QS),
+    ):
+        if value not in allowed:
+            raise UsageError(f"iql.{key} must be one of {allowed}, got {value!r}")
+    if not 0 < i.filter_top <= 1:
+        raise UsageError(f"iql.filter_top must be in (0, 1], got {i.filter_top}")
     if i.null_reward not in NULL_RULES:
         raise UsageError(f"iql.null_reward must be one of {NULL_RULES}, got {i.null_reward!r}")
     if t.workers < 1 or t.steps < 1 or t.checkpoint_every < 1 or t.log_every < 1:
@@ -211,9 +256,21 @@ def train(cfg: Config) -> dict:
         stats.episodes, stats.steps, stats.nulls, cfg.iql.null_reward, stats.min_return, stats.max_return,
         scale, len(vocab),
     )  # fmt: skip
+    threshold = kept = None
+    if cfg.iql.learner == "filtered_bc":
+        threshold = stats.filter_threshold(cfg.iql.filter_top, t.reward)
+        kept = sum(r >= threshold for r in stats.returns)
+        log.info("filtered_bc: %d of %d episodes have return >= %.4g", kept, stats.episodes, threshold)
     init_ray(cfg.ray)
-    episodes = read_dataset(info.data, data.episode_columns(cfg))
-    transitions = data.transitions(episodes, cfg, vocab, scale)
+    # The read-and-flatten job takes a second; its progress bars (Ray Data copies its context when a dataset is
+    # made) printed over a thousand lines per demo from the train workers' split coordinator.
+    context = ray.data.DataContext.get_current()
+    shown, context.enable_progress_bars = context.enable_progress_bars, False
+    try:
+        episodes = read_dataset(info.data, data.episode_columns(cfg))
+        transitions = data.transitions(episodes, cfg, vocab, scale, threshold)
+    finally:
+        context.enable_progress_bars = shown
 
     use_gpu, cpus = resources(cfg)
     storage_path, fs, name = run_location(t.out_path, cfg)
@@ -228,8 +285,17 @@ def train(cfg: Config) -> dict:
         "pool_seed": info.pool_seed,
         "env": data.env_config(info.env, cfg.env),
         "env_source": info.source,
+        "behaviour": info.behaviour,
         "episodes": stats.episodes,
         "null_steps": stats.nulls,
+        "learner": cfg.iql.learner,
+        "adv_norm": cfg.iql.adv_norm,
+        "weighting": cfg.iql.weighting,
+        "advantage_q": cfg.iql.advantage_q,
+        "beta": cfg.iql.beta,
+        "discount": cfg.iql.discount,
+        "filter_min_return": threshold,
+        "filter_episodes_kept": kept,
     }
     trainer = TorchTrainer(
         train_loop,

@@ -13,12 +13,13 @@ from torch import nn
 
 from rgvlm_ray.config import IQLConfig
 from rgvlm_ray.iql.losses import (
-    advantage_weights,
-    awr_policy_loss,
     expectile_loss,
+    policy_weights,
     polyak_update,
     q_target,
     twin_q_loss,
+    weight_diagnostics,
+    weighted_bc_loss,
 )
 from rgvlm_ray.iql.model import IQLNet, target_heads
 
@@ -32,8 +33,15 @@ METRICS = (
     "adv_std",
     "adv_max",
     "adv_weight_mean",
+    "awr_ess",
+    "beta_adv_std",
     "adv_clipped_frac",
+    "reward_weight_ratio",
 )
+LEARNERS = ("iql", "bc", "filtered_bc")
+ADV_NORMS = ("none", "std")
+WEIGHTINGS = ("exp", "binary")
+ADVANTAGE_QS = ("target", "online")
 
 
 @dataclass
@@ -192,10 +200,13 @@ def iql_update(
         batch.goal_ids,
         batch.goal_lengths,
         batch.goal_index,
-        cfg.actor_trains_encoder,
+        cfg.actor_trains_encoder or cfg.learner != "iql",  # BC has no critic to train the encoder
     )
     with torch.no_grad():
-        target_q = torch.minimum(target["q1"](z), target["q2"](z)).gather(1, a[:, None]).squeeze(1)
+        # online: the Polyak heads lag the shared encoder they read (deviation 8), so on a fast-moving encoder
+        # their Q(s, a) drifts from the online one; measured in docs/iql.md ("Weights that select").
+        heads = (q1, q2) if cfg.advantage_q == "online" else (target["q1"](z), target["q2"](z))
+        target_q = torch.minimum(*heads).gather(1, a[:, None]).squeeze(1)
     adv = target_q - v
     v_loss = expectile_loss(adv, cfg.expectile)
     q1_a = q1.gather(1, a[:, None]).squeeze(1)
@@ -203,29 +214,58 @@ def iql_update(
         q1_a, q2.gather(1, a[:, None]).squeeze(1), q_target(batch.reward, batch.done, v_next, cfg.discount)
     )
     adv = adv.detach()
-    policy_loss = awr_policy_loss(logits, a, adv, cfg.beta, cfg.exp_adv_max)
+    # bc / filtered_bc (the study's baselines, CORL's BC and BC-N%): plain cloning, and no critic on the
+    # shared encoder; filtered_bc's episode filter is in the buffer (data.py), not here.
+    weighting = cfg.weighting if cfg.learner == "iql" else "none"
+    weights, exponent = policy_weights(adv, cfg.beta, cfg.exp_adv_max, cfg.adv_norm, weighting)
+    policy_loss = weighted_bc_loss(logits, a, weights)
+    loss = policy_loss if cfg.learner != "iql" else v_loss + q_loss + policy_loss
     optimizer.zero_grad(set_to_none=True)
-    (v_loss + q_loss + policy_loss).backward()
+    loss.backward()
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
     polyak_update(list(target.parameters()), q_heads(net), cfg.tau)
     with torch.no_grad():
-        weights = advantage_weights(adv, cfg.beta, cfg.exp_adv_max)
-        return torch.stack(
+        return torch.cat(
             [
-                q_loss.detach(),
-                v_loss.detach(),
-                policy_loss.detach(),
-                q1_a.detach().mean(),
-                v.detach().mean(),
-                adv.mean(),
-                adv.std(),
-                adv.max(),
-                weights.mean(),
-                (weights >= cfg.exp_adv_max).float().mean(),
+                torch.stack(
+                    [
+                        q_loss.detach(),
+                        v_loss.detach(),
+                        policy_loss.detach(),
+                        q1_a.detach().mean(),
+                        v.detach().mean(),
+                        adv.mean(),
+                        adv.std(),
+                        adv.max(),
+                        weights.mean(),
+                    ]
+                ),
+                weight_diagnostics(weights, exponent, batch.reward, cfg.exp_adv_max),
             ]
         )
+
+
+class MetricMeans:
+    """Means of the update metrics over the steps since the last report (one step's weights are noisy);
+    NaNs (reward_weight_ratio on a batch without a rewarded transition) are left out of their mean."""
+
+    def __init__(self) -> None:
+        self.total = torch.zeros(len(METRICS))
+        self.count = torch.zeros(len(METRICS))
+
+    def add(self, values: torch.Tensor) -> None:
+        values = values.detach().cpu()
+        seen = ~torch.isnan(values)
+        self.total += torch.where(seen, values, 0.0)
+        self.count += seen
+
+    def pop(self) -> dict[str, float]:
+        means = torch.where(self.count > 0, self.total / self.count.clamp(min=1), float("nan"))
+        self.total.zero_()
+        self.count.zero_()
+        return metrics_dict(means)
 
 
 def metrics_dict(values: torch.Tensor) -> dict[str, float]:
@@ -239,8 +279,10 @@ def fit(
     target = target_heads(net)
     optimizer, scheduler = make_optimizer(net, cfg, steps)
     generator = torch.Generator().manual_seed(seed)
-    values = torch.zeros(len(METRICS))
-    for _ in range(steps):
+    means = MetricMeans()
+    for step in range(steps):
         batch = buffer.sample(cfg.batch_size, net.spec.context, generator)
         values = iql_update(net, net, target, optimizer, scheduler, batch, cfg)
-    return net.eval(), metrics_dict(values)
+        if step >= steps - max(1, steps // 10):  # the last tenth: where the run ended, not how it began
+            means.add(values)
+    return net.eval(), means.pop()

@@ -1,0 +1,110 @@
+"""The behaviour mixture (`rgvlm generate --detour/--abandon`, noise levels), the bot's `expert_actions` beside the
+actions taken, inspect's behaviour summary, and evaluation's expert-action agreement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from rgvlm_ray.config import EnvConfig, GenerateConfig, load_config
+from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.env import find_mission
+from rgvlm_ray.data.generate import FrameRenderer, build_shard, episode_plan, generate_episode
+from rgvlm_ray.data.inspect import Behaviour
+from rgvlm_ray.iql.evaluate import agreement_result, episode_windows, expert_agreement, table_episodes
+from rgvlm_ray.iql.model import IQLNet, ModelSpec
+from rgvlm_ray.iql.vocab import Vocab
+
+
+def _table(**generate: object) -> pa.Table:
+    cfg = load_config(overrides={"generate.out": "unused", "generate.episodes": 24, "generate.seed": 3,
+                                 **{f"generate.{k}": v for k, v in generate.items()}})  # fmt: skip
+    return build_shard(cfg, episode_plan(cfg.generate))
+
+
+def test_expert_actions_sit_beside_the_actions_taken():
+    table = _table(expert_noise=0.5)
+    assert fmt.validate_table(table, "shard") == []  # a step column: one entry per action
+    agree = []
+    for row in table.to_pylist():
+        assert len(row["expert_actions"]) == len(row["actions"])
+        agree += [a == e for a, e in zip(row["actions"], row["expert_actions"], strict=True)]
+    # half the steps are random (1 in 6 of them the bot's action by chance): agreement ~ 0.5 + 0.5 / 6
+    assert 0.45 < np.mean(agree) < 0.75
+    noise_free = _table(expert_noise=0.0)
+    for row in noise_free.to_pylist():
+        assert row["actions"] == row["expert_actions"]
+
+
+def test_the_plain_noisy_bot_is_unchanged_by_a_mixture_of_zero():
+    env = EnvConfig()
+    spec = find_mission(env, 3, 0, pool_seed=11, split="seen")
+    plain = generate_episode(env, spec, 0.3, FrameRenderer())
+    mixed = generate_episode(env, spec, 0.3, FrameRenderer(), GenerateConfig(expert_noise=0.3))
+    assert plain == mixed
+
+
+def test_detours_and_abandoned_episodes_make_a_mixture_that_bc_cannot_just_copy():
+    base, mixed = _table(expert_noise=0.0), _table(expert_noise=0.0, detour=1.0, abandon=0.5)
+    b, m = Behaviour(), Behaviour()
+    b.add(base)
+    m.add(mixed)
+    assert b.result()["expert_agreement"] == 1.0  # noise-free: every action is the bot's
+    # detours are systematic walks away from the current sub-task: actions the bot would not take
+    assert m.result()["expert_agreement"] < 0.9
+    rows = mixed.to_pylist()
+    abandoned = [r for r in rows if r["truncated"] and not r["terminated"]]
+    assert abandoned, "abandon=0.5 over 24 episodes left none"
+    for r in abandoned:  # gave up before the last sub-task: a truncated failure, never a terminal
+        assert r["progress"][-1] < r["num_subtasks"] and sum(r["rewards"]) == 0
+    success = np.mean([r["terminated"] and r["rewards"][-1] > 0 for r in rows])
+    assert success < np.mean([r["terminated"] and r["rewards"][-1] > 0 for r in base.to_pylist()])
+    by_k = m.result()["by_k"]
+    assert set(by_k) == {1, 2, 3, 4, 5, 6} and all(0 <= r["subtask_completion"] <= 1 for r in by_k.values())
+
+
+def test_generate_refuses_probabilities_outside_0_1(tmp_path, capsys):
+    from rgvlm_ray.cli import main
+
+    assert main(["generate", "--out", str(tmp_path / "d"), "--detour", "1.5"]) == 2
+    assert "generate.detour=1.5" in capsys.readouterr().err
+
+
+def _net_preferring(action: int, vocab: Vocab, context: int = 3) -> IQLNet:
+    torch.manual_seed(0)
+    net = IQLNet(ModelSpec("symbolic", len(vocab), 7, 16, 8, "mean", context=context, token_dim=16))
+    with torch.no_grad():
+        net.pi[-1].weight.zero_()
+        net.pi[-1].bias.zero_()
+        net.pi[-1].bias[action] = 10.0
+    return net.eval()
+
+
+def test_expert_agreement_counts_states_where_argmax_pi_is_the_bots_action():
+    table = _table(expert_noise=0.5)
+    episodes = table_episodes(table)
+    vocab = Vocab.build(table.column("goal").to_pylist(), 100)
+    experts = np.concatenate([np.asarray(e["expert_actions"]) for e in episodes])
+    for action in (0, 2):
+        result = expert_agreement(_net_preferring(action, vocab), vocab, episodes)
+        assert result["agreement"] == pytest.approx(float(np.mean(experts == action)))
+        assert result["states"] == len(experts)
+    # Windows are built as training builds them: the previous action + 1, 0 before the episode's start.
+    obs = np.arange(4)[:, None, None, None] * np.ones((1, 7, 7, 3), dtype=np.uint8)
+    o, prev, valid = episode_windows(obs.astype(np.uint8), np.array([4, 5, 6]), context=2)
+    assert valid.tolist() == [[False, True], [True, True], [True, True]]
+    assert prev.tolist() == [[0, 0], [0, 5], [5, 6]]
+    assert o[:, -1, 0, 0, 0].tolist() == [0, 1, 2]
+
+
+def test_agreement_is_not_available_rather_than_zero_without_expert_actions(tmp_path):
+    table = _table(expert_noise=0.5).drop_columns(["expert_actions"])
+    fmt.write_shard(table, str(tmp_path / "imported" / "shard-00000.parquet"))
+    cfg = load_config(overrides={"eval.agreement_in": str(tmp_path / "imported")})
+    result = agreement_result("unused", {}, cfg)
+    assert result["expert_agreement"] is None and "no expert_actions" in result["expert_agreement_note"]
+    imported_run = {"env_source": "unknown", "pool_seed": None, "behaviour": None}
+    result = agreement_result("unused", imported_run, load_config())
+    assert result["expert_agreement"] is None and "not available" in result["expert_agreement_note"]
