@@ -254,21 +254,23 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
         "generate.episodes=12", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
         "study.labelers=[oracle,clip]", f"study.clip_model={tmp_path / 'no-such-clip'}",  # clip fails to load
         "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=4",
-        "study.baselines=[bc]", "study.expert_ceiling=true", "study.curve_points=2",
+        "study.baselines=[]", "study.expert_ceiling=true", "study.curve_points=2",
         "label.max_restarts=0",
         "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30",
         "train.checkpoint_every=4", "train.log_every=2",
     ]  # fmt: skip
-    assert main(args) == 1  # a labeler failed: everything else ran, and the exit code says so
-    printed = capsys.readouterr().out
-    assert "labeler clip FAILED" in printed
+    rc = main(args)
+    printed, err = capsys.readouterr()
+    assert rc == 1, err[-3000:]  # a labeler failed: everything else ran, and the exit code says so
+    assert "labeler clip FAILED" in printed, (printed[-3000:], err[-3000:])
 
     study = json.loads((out / "study.json").read_text())
     assert study["labelers"]["oracle"]["status"] == "ok"
     assert study["labelers"]["clip"]["status"] == "failed" and study["skipped_labelers"] == ["clip"]
-    # Each training costs ~20-45 s of Ray Train start-up on 2 cores, so few arms; the X mode is planned above.
-    expected = {"sparse": "sparse", "bc": "sparse", "bc_expert": "sparse", "oracle_sparse": "oracle+sparse"}
-    learners = {"sparse": "iql", "bc": "bc", "bc_expert": "bc", "oracle_sparse": "iql"}
+    # Each training costs ~20-45 s of Ray Train start-up on 2 cores, so few arms: the X mode and the bc and
+    # filtered_bc baselines are planned and configured above; the ceiling runs here as a BC learner.
+    expected = {"sparse": "sparse", "bc_expert": "sparse", "oracle_sparse": "oracle+sparse"}
+    learners = {"sparse": "iql", "bc_expert": "bc", "oracle_sparse": "iql"}
     assert [a["name"] for a in study["arms"]] == list(expected)
 
     # Every run trained with its arm's reward, learner, data and seed, as its own checkpoint says.
@@ -303,7 +305,7 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
 
     md = (out / "study.md").read_text()
     assert "clip" in md and "FAILED" in md and "its arms were skipped" in md
-    for reward in ("sparse", "oracle+sparse", "bc"):
+    for reward in ("sparse", "oracle+sparse"):
         assert f"\n| {reward} | n=2 (seeds 0, 1) | " in md
     assert (
         "\n| bc (expert data) | n=1, no CI (seeds 0) | " in md and "Does each learner select actions?" in md
@@ -311,7 +313,7 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     assert " ± " in md and "Can these arms be told apart?" in md and "`oracle+sparse` vs `sparse`" in md
     for png in ("seen_by_k.png", "rho_vs_success_seen.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
-    assert study["timing"]["trainings_run"] == 7
+    assert study["timing"]["trainings_run"] == 5
     assert study["timing"]["max_concurrent_trainings"] >= 2  # the trainings overlapped (4 threads, 4 runs)
 
     # A rerun trains and evaluates nothing: every run is finished and every eval.json matches its checkpoint.

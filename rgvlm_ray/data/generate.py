@@ -169,6 +169,8 @@ class Behaviour:
                     return None, True
                 self.new_decoy(env, random_object(env, self.rng))
             prev = None
+        if self.abandoned:  # no decoy it could plan a walk to: the recording stops here
+            return None, True
         return expert, False
 
 

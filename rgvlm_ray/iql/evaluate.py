@@ -199,6 +199,11 @@ def agreement_result(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[
     }
 
 
+def _agreement_task(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    torch.set_num_threads(1)
+    return agreement_result(checkpoint, run, cfg)
+
+
 def unavailable(reason: str) -> dict[str, Any]:
     log.info("expert-action agreement not available: %s", reason)
     return {"expert_agreement": None, "expert_agreement_note": f"not available: {reason}"}
@@ -353,8 +358,11 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         pool_seed = cfg.generate.seed
         log.warning("the training data's seed pool is unknown; using generate.seed=%d", pool_seed)
 
-    agreement = agreement_result(checkpoint, run, cfg)
     init_ray(cfg.ray)
+    # A task, not the driver: the study evaluates from several driver threads, and BabyAI's mission sampling
+    # swaps sys.stdout (env.ChainLevel.reset), which is process-wide: concurrent swaps left the driver's stdout
+    # pointing at a discarded buffer.
+    agreement_ref = ray.remote(num_cpus=e.num_cpus_per_task)(_agreement_task).remote(checkpoint, run, cfg)
     task = ray.remote(num_cpus=e.num_cpus_per_task)(_chunk_task)
     pending = [
         task.remote(
@@ -373,6 +381,7 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         for i in range(0, e.episodes_per_k, e.episodes_per_task)
     ]
     episodes = [ep for chunk in ray.get(pending) for ep in chunk]
+    agreement = ray.get(agreement_ref)
     rows = summarize(episodes)
     label = f"{run.get('reward', '?')} ({e.split})"
     result = {
