@@ -646,11 +646,15 @@ def run(cfg: Config) -> dict[str, Any]:
     outcome, corpus = label_all(ws, raw)
     ok = [name for name in cfg.study.labelers if outcome[name]["status"] == "ok"]
     quality = label_quality(ws, corpus, ok)
+    # The ceiling replays the generator's missions without noise: there is none to replay for a given --in.
+    ceiling = cfg.study.expert_ceiling and not cfg.study.in_path
+    if cfg.study.expert_ceiling and not ceiling:
+        print("no BC ceiling: study.in_path is not generated here, so there are no noise-free episodes of it")
     arms = plan_arms(
         ok, cfg.study.modes, cfg.study.contexts, cfg.iql.context, dict(cfg.study.modes_for),
-        list(cfg.study.baselines), cfg.study.expert_ceiling,
+        list(cfg.study.baselines), ceiling,
     )  # fmt: skip
-    if cfg.study.expert_ceiling:
+    if ceiling:
         corpus.expert = expert_data(ws)
     records, timing = run_arms(ws, arms, corpus)
     ws.stages.append(Stage("train + evaluate (all runs)", timing["seconds"], len(records), "runs"))
