@@ -58,14 +58,33 @@ def _s3_options(cfg: StorageConfig) -> dict:
 
 def get_fs(path: str, cfg: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without scheme) for a local path or an `s3://` URL."""
-    cfg = cfg or StorageConfig()
     if path.startswith("s3://"):
-        fs = fsspec.filesystem("s3", **_s3_options(cfg))
-        return fs, path[len("s3://") :].rstrip("/")
+        return fsspec.filesystem("s3", **_s3_options(cfg or StorageConfig())), fs_path(path)
+    return fsspec.filesystem("file"), fs_path(path)
+
+
+def fs_path(path: str) -> str:
+    """The path `get_fs` hands its filesystem: bucket/key for `s3://`, an absolute path locally."""
+    if path.startswith("s3://"):
+        return path[len("s3://") :].rstrip("/")
     if is_remote(path):
         raise ValueError(f"unsupported storage scheme in {path!r}: use a local path or s3://bucket/prefix")
     local = path[len("file://") :] if path.startswith("file://") else path
-    return fsspec.filesystem("file"), os.path.abspath(local)
+    return os.path.abspath(local)
+
+
+def canonical(path: str) -> str:
+    """One spelling per location, for every root a command is given (`--in`, `--out`, `--labels`).
+
+    Local: the absolute path with symlinks, `.`, `..` and trailing slashes resolved, so a relative path means the
+    same folder on every Ray worker, whatever their working directory. `s3://`: the scheme kept, `//` and trailing
+    slashes dropped. Shard names are taken relative to such roots (labelstore/layout.relative_name), so every
+    spelling gives the same label-set layout.
+    """
+    if path.startswith("s3://"):
+        key = posixpath.normpath("/" + path[len("s3://") :]).strip("/")
+        return f"s3://{key}"
+    return os.path.realpath(fs_path(path))
 
 
 def arrow_fs(path: str, cfg: StorageConfig | None = None) -> tuple[pafs.FileSystem, str]:

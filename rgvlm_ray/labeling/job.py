@@ -27,13 +27,19 @@ from collections import Counter, defaultdict
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import LabelActor, stripped
 from rgvlm_ray.labeling.leases import Heartbeat
-from rgvlm_ray.labeling.plan import RunState, ShardPlan, check_shard, input_shards, plan
+from rgvlm_ray.labeling.plan import (
+    RunState,
+    ShardPlan,
+    check_shard,
+    input_shards,
+    plan,
+    with_canonical_roots,
+)
 from rgvlm_ray.labeling.writers import finalize
 
 log = logging.getLogger(__name__)
@@ -269,9 +275,8 @@ def run(cfg: Config) -> dict:
     """Label what needs labeling; returns the summary (also written to OUT/summary.json)."""
     from rgvlm_ray.ray_utils import init_ray
 
+    cfg = with_canonical_roots(cfg)
     lc = cfg.label
-    if storage.join(lc.in_path, "") == storage.join(lc.out_path, ""):
-        raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
     check_config(cfg.engine, cfg.labeler)
     check_inputs(cfg)
     state = RunState(

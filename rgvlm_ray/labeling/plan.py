@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
@@ -49,6 +49,23 @@ class RunState:
         return self.cfg.label.out_path
 
 
+def with_canonical_roots(cfg: Config) -> Config:
+    """`cfg` with --in and --out in their one canonical spelling (storage.canonical): a relative or symlinked
+    spelling then names the same shards, the same label shards and records, on the driver and on every worker.
+    Refuses an --out that is, holds or lies inside --in: its label shards would be listed as raw shards."""
+    lc = cfg.label
+    in_path, out_path = storage.canonical(lc.in_path), storage.canonical(lc.out_path)
+    if in_path == out_path:
+        raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
+    for inner, outer in ((out_path, in_path), (in_path, out_path)):
+        if inner.startswith(outer.rstrip("/") + "/"):
+            raise UsageError(
+                f"--out {lc.out_path} and --in {lc.in_path} are nested: write the label set beside the raw "
+                "dataset (e.g. data/raw and data/labels-NAME), never inside it or around it"
+            )
+    return replace(cfg, label=replace(lc, in_path=in_path, out_path=out_path))
+
+
 def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
     try:
         paths = fmt.list_shards(in_path, cfg)
@@ -61,11 +78,12 @@ def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
     return paths
 
 
-def output_intact(record: mf.ShardRecord, cfg: StorageConfig) -> bool:
-    """A finished record's label shard is still there, whole (a truncated or deleted one is relabeled)."""
+def output_intact(out: str, record: mf.ShardRecord, cfg: StorageConfig) -> bool:
+    """A finished record's label shard is still there, whole (a truncated or deleted one is relabeled). It is
+    looked for under this --out, not at the recorded path: a label set may have been moved or copied."""
     if record.status == mf.QUARANTINED:
         return True
-    fs, p = storage.get_fs(record.output, cfg)
+    fs, p = storage.get_fs(layout.shard_path(out, record.shard), cfg)
     try:
         return bool(record.output) and int(fs.info(p)["size"]) == record.bytes_out
     except FileNotFoundError:
@@ -83,7 +101,7 @@ def plan(state: RunState) -> list[ShardPlan]:
         identity = storage.content_identity(path, sc)
         record = state.records.get(name)
         current = record is not None and record.is_current(identity, state.fingerprint, lc.retry_errors)
-        if current and not output_intact(record, sc):  # type: ignore[arg-type]
+        if current and not output_intact(state.out, record, sc):  # type: ignore[arg-type]
             log.warning("%s: its label shard is missing or damaged; labeling it again", name)
             current = False
         if current and not lc.force:

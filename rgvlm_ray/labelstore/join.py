@@ -32,6 +32,11 @@ class Source:
     labels: list[str] = field(default_factory=list)  # label sets written by `rgvlm label`
     cfg: StorageConfig = field(default_factory=StorageConfig)
 
+    def __post_init__(self) -> None:
+        # Read on Ray workers, whose working directory is not the user's: one absolute, canonical spelling.
+        self.raw = storage.canonical(self.raw)
+        self.labels = [storage.canonical(p) for p in self.labels]
+
     def shards(self) -> list[str]:
         try:
             shards = fmt.list_shards(self.raw, self.cfg)
