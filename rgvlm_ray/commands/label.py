@@ -19,7 +19,7 @@ def main(cfg: Config) -> int:
         names = [relative_name(lc.in_path, p) for p in input_shards(lc.in_path, cfg.storage)]
         summary, text = status.report(names, lc.in_path, lc.out_path, cfg.storage)
         print(text)
-        return job.EXIT_OK if not summary["to_do"] else job.EXIT_INCOMPLETE
+        return status.exit_code(summary["by_state"], lc.allow_quarantine)
     summary = job.run(cfg)
     print(json.dumps(summary, indent=2))
     return job.exit_code(summary, lc.allow_quarantine)

@@ -28,6 +28,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
+from rgvlm_ray.labeling import exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import LabelActor, stripped
@@ -43,7 +44,7 @@ from rgvlm_ray.labeling.plan import (
 from rgvlm_ray.labeling.writers import finalize
 
 log = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = exits.OK, exits.FAILED, exits.INCOMPLETE
 
 
 def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object) -> mf.ShardRecord:
@@ -333,17 +334,22 @@ def exit_code(summary: dict, allow_quarantine: bool) -> int:
     if shards["failed"]:
         print(f"failed shards (rerun to retry): {', '.join(shards['failed'])}")
         return EXIT_FAILED
-    if shards["quarantined"] and not allow_quarantine:
+    # The rest describes the whole label set, not this run: a shard quarantined by an earlier run is still there.
+    whole = summary["status"]
+    quarantined = whole.get("quarantined", shards["quarantined"])
+    if quarantined and not allow_quarantine:
         manifest = storage.join(summary["out"], "_manifest.json")
-        print(f"quarantined shards (see {manifest}): {', '.join(shards['quarantined'])}")
+        print(f"quarantined shards (see {manifest}): {', '.join(quarantined)}")
         print("exiting non-zero; pass --allow-quarantine to accept them")
         return EXIT_FAILED
-    incomplete = shards["skipped_leased_by_other_run"] + shards["with_engine_errors"]
-    if incomplete:
+    code = st.exit_code(whole["by_state"], allow_quarantine)
+    if code == EXIT_FAILED:
+        print(f"shards that need a look (`rgvlm label --status` says why): {', '.join(whole['to_do'])}")
+        return code
+    if code == EXIT_INCOMPLETE:
         print(
             f"INCOMPLETE (exit {EXIT_INCOMPLETE}): {len(shards['skipped_leased_by_other_run'])} shard(s) leased by "
-            f"another run, {len(shards['with_engine_errors'])} with engine errors: rerun to finish them "
-            "(`rgvlm label --status` lists every shard)"
+            f"another run, {len(shards['with_engine_errors'])} with engine errors, "
+            f"{len(whole['to_do'])} in all not done: rerun to finish them (`rgvlm label --status` lists every shard)"
         )
-        return EXIT_INCOMPLETE
-    return EXIT_OK
+    return code

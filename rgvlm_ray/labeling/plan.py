@@ -14,6 +14,7 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease, new_run_id
 from rgvlm_ray.labelstore import layout
+from rgvlm_ray.labelstore.join import label_shard_problem
 
 log = logging.getLogger(__name__)
 
@@ -78,16 +79,19 @@ def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
     return paths
 
 
-def output_intact(out: str, record: mf.ShardRecord, cfg: StorageConfig) -> bool:
-    """A finished record's label shard is still there, whole (a truncated or deleted one is relabeled). It is
-    looked for under this --out, not at the recorded path: a label set may have been moved or copied."""
+def output_intact(state: RunState, record: mf.ShardRecord) -> bool:
+    """A finished record's label shard is still there, whole and readable, as a reader would check it (a
+    truncated, deleted or damaged one is labeled again). It is looked for under this --out, not at the recorded
+    path: a label set may have been moved or copied."""
     if record.status == mf.QUARANTINED:
         return True
-    fs, p = storage.get_fs(layout.shard_path(out, record.shard), cfg)
-    try:
-        return bool(record.output) and int(fs.info(p)["size"]) == record.bytes_out
-    except FileNotFoundError:
-        return False
+    lc, sc = state.cfg.label, state.cfg.storage
+    problem = label_shard_problem(
+        state.out, record.shard, record.identity, lc.in_path, sc, record.bytes_out, record.rows_out
+    )
+    if problem is not None:
+        log.warning("%s: %s (%s); labeling it again", record.shard, problem[0].replace("_", " "), problem[1])
+    return problem is None
 
 
 def plan(state: RunState) -> list[ShardPlan]:
@@ -100,11 +104,13 @@ def plan(state: RunState) -> list[ShardPlan]:
         state.inputs.append(name)
         identity = storage.content_identity(path, sc)
         record = state.records.get(name)
-        current = record is not None and record.is_current(identity, state.fingerprint, lc.retry_errors)
-        if current and not output_intact(state.out, record, sc):  # type: ignore[arg-type]
-            log.warning("%s: its label shard is missing or damaged; labeling it again", name)
-            current = False
-        if current and not lc.force:
+        current = (
+            record is not None
+            and not lc.force
+            and record.is_current(identity, state.fingerprint, lc.retry_errors)
+            and output_intact(state, record)
+        )
+        if current:
             state.skipped_current.append(name)
             continue
         lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)

@@ -6,8 +6,11 @@ Each input shard is in one state:
 - `quarantined`: the input is unreadable or invalid (final until it changes);
 - `engine_errors`: labeled, but the engine failed on some episodes (the next run retries them);
 - `failed`: a run broke before writing it; `leased`: a live run is labeling it now;
-- `stale`: labeled from another version of the input; `missing`: never labeled.
-The first three are done; the others mean a run has work to do.
+- `stale`: labeled from another version of the input; `missing`: never labeled;
+- `label_missing`, `truncated`, `damaged`: its record says labeled, but a reader would refuse the label shard
+  (deleted, cut short, or unreadable / not matching the input: the checks of labelstore/join.py).
+The first three are done; the others mean a run has work to do. Records and parts of raw shards that no longer
+exist are `orphans`: reported here, removed by `rgvlm label --prune`.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from collections import Counter
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
+from rgvlm_ray.labeling import exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease, holder_is_dead
+from rgvlm_ray.labelstore.join import label_shard_problem
 
 DONE_STATES = ("labeled", "bad_input", "quarantined")
+DAMAGED_STATES = ("label_missing", "truncated", "damaged")
 BY_RECORD = {
     mf.DONE: "labeled",
     mf.DONE_BAD_INPUT: "bad_input",
@@ -31,21 +37,34 @@ BY_RECORD = {
 }
 
 
-def shard_state(name: str, record: mf.ShardRecord | None, out: str, cfg: StorageConfig, identity: str) -> str:
+def shard_state(
+    name: str,
+    record: mf.ShardRecord | None,
+    out: str,
+    cfg: StorageConfig,
+    identity: str,
+    in_path: str = "",
+) -> tuple[str, str]:
+    """(state, why). With `in_path`, a labeled shard's label shard is also checked as a reader would."""
     holder = Lease(out, name, "", 0, cfg).holder()
     if holder is not None and holder.get("expires", 0) > time.time() and not holder_is_dead(holder):
-        return "leased"
+        return "leased", f"held by {holder.get('run_id')}"
     if record is None:
-        return "missing"
+        return "missing", ""
     if record.identity != identity:
-        return "stale"
-    return BY_RECORD[record.status]
+        return "stale", "the input changed since it was labeled"
+    if in_path and record.status in mf.LABELED:
+        problem = label_shard_problem(out, name, identity, in_path, cfg, record.bytes_out, record.rows_out)
+        if problem is not None:
+            return problem
+    return BY_RECORD[record.status], record.error
 
 
 def shard_states(
     inputs: list[str], records: dict[str, mf.ShardRecord], out: str, cfg: StorageConfig, in_path: str = ""
-) -> dict[str, str]:
-    """Each input shard's state. With `in_path`, identities are read from the inputs (else: records')."""
+) -> dict[str, tuple[str, str]]:
+    """Each input shard's (state, why). With `in_path`, identities are read from the inputs (else: records')
+    and label shards are checked."""
     states = {}
     for name in inputs:
         record = records.get(name)
@@ -53,31 +72,51 @@ def shard_states(
             identity = storage.content_identity(storage.join(in_path, name), cfg)
         else:
             identity = record.identity if record else ""
-        states[name] = shard_state(name, record, out, cfg, identity)
+        states[name] = shard_state(name, record, out, cfg, identity, in_path)
     return states
 
 
-def totals(states: dict[str, str]) -> dict:
-    counts = Counter(states.values())
+def totals(states: dict[str, tuple[str, str]]) -> dict:
+    counts = Counter(s for s, _ in states.values())
     return {
         "input_shards": len(states),
         "done": sum(counts[s] for s in DONE_STATES),
         "by_state": dict(sorted(counts.items())),
-        "to_do": sorted(n for n, s in states.items() if s not in DONE_STATES),
+        "to_do": sorted(n for n, (s, _) in states.items() if s not in DONE_STATES),
+        "quarantined": sorted(n for n, (s, _) in states.items() if s == "quarantined"),
     }
+
+
+def exit_code(by_state: dict[str, int], allow_quarantine: bool) -> int:
+    """The label set's exit code (exits.py): 1 needs a look, 3 a rerun has work to do, 0 done."""
+    attention = ("failed", *DAMAGED_STATES) + (() if allow_quarantine else ("quarantined",))
+    if any(by_state.get(s) for s in attention):
+        return exits.FAILED
+    if any(n for s, n in by_state.items() if s not in DONE_STATES):
+        return exits.INCOMPLETE
+    return exits.OK
 
 
 def report(inputs: list[str], in_path: str, out: str, cfg: StorageConfig) -> tuple[dict, str]:
     records = mf.load_records(out, cfg)
     states = shard_states(inputs, records, out, cfg, in_path)
-    summary = {"in": in_path, "out": out, **totals(states), "shards": states}
+    summary = {"in": in_path, "out": out, **totals(states), "shards": {n: s for n, (s, _) in states.items()}}
     labelers = sorted({f"{r.labeler}@{r.fingerprint}" for r in records.values() if r.shard in states})
     lines = [
         f"{out}: {summary['done']} of {summary['input_shards']} input shards done "
         f"({', '.join(f'{k} {v}' for k, v in summary['by_state'].items())}); labelers: {', '.join(labelers) or '-'}"
     ]
-    lines += [f"  {name}: {states[name]}" for name in summary["to_do"]]
+    shown = summary["to_do"] + summary["quarantined"]
+    for name in shown:
+        state, why = states[name]
+        lines.append(f"  {name}: {state}" + (f" ({one_line(why)})" if why else ""))
     return summary, "\n".join(lines)
+
+
+def one_line(text: str, limit: int = 300) -> str:
+    """The first line of a reason, short enough for a terminal (older records hold whole tracebacks)."""
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def as_json(summary: dict) -> str:

@@ -123,6 +123,33 @@ def read_label_shard(labels: str, name: str, identity: str, raw: str, cfg: Stora
     return table
 
 
+def label_shard_problem(
+    labels: str, name: str, identity: str, raw: str, cfg: StorageConfig, size: int = -1, rows: int = -1
+) -> tuple[str, str] | None:
+    """(state, reason) if a reader would refuse the label shard of raw shard `name`, else None.
+
+    The checks `read_label_shard` makes (there, readable, a label shard, made from this version of the raw shard:
+    `identity`), plus the size and row count its manifest record gives (`size`, `rows`; -1: unknown). States:
+    `label_missing` (deleted), `truncated` (shorter than written), `damaged` (anything else a reader refuses).
+    """
+    path = layout.shard_path(labels, name)
+    fs, p = storage.get_fs(path, cfg)
+    try:
+        actual = int(fs.info(p)["size"])
+    except FileNotFoundError:
+        return "label_missing", f"{path} is gone"
+    if size >= 0 and actual != size:
+        state = "truncated" if actual < size else "damaged"
+        return state, f"{path} holds {actual} bytes, {size} when it was written"
+    try:
+        table = read_label_shard(labels, name, identity, raw, cfg)
+    except JoinError as exc:
+        return "damaged", str(exc)
+    if rows >= 0 and table.num_rows != rows:
+        return "damaged", f"{path} holds {table.num_rows} episodes, {rows} when it was written"
+    return None
+
+
 def append_aligned(raw: pa.Table, labels: pa.Table, columns: list[str], where: str) -> pa.Table:
     """`raw` with `columns` of `labels` appended, matched by episode_id; every raw episode must be there."""
     index = pc.index_in(raw.column("episode_id"), value_set=labels.column("episode_id"))
