@@ -17,7 +17,7 @@ from typing import Any
 from omegaconf.errors import OmegaConfBaseException
 
 from rgvlm_ray.config import Config, load_config
-from rgvlm_ray.errors import UsageError
+from rgvlm_ray.errors import UsageError, message
 from rgvlm_ray.storage import resolved
 
 
@@ -98,6 +98,12 @@ COMMANDS: dict[str, Command] = {
             Flag("--out", "label.out_path", help="label set: folder or s3:// prefix, beside the raw data"),
             Flag(
                 "--status", "label.status", bool, "report every input shard's state in --out; label nothing"
+            ),
+            Flag(
+                "--prune",
+                "label.prune",
+                bool,
+                "remove what --out holds for raw shards that no longer exist (--status lists it); label nothing",
             ),
             Flag("--retry-errors", "label.retry_errors", bool, "relabel shards with bad-input episodes too"),
             Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(cfg) or 0)
     except UsageError as exc:
-        print(f"rgvlm {args.command}: {exc}", file=sys.stderr)
+        print(f"rgvlm {args.command}: {message(exc)}", file=sys.stderr)
         return 2
 
 

@@ -3,3 +3,10 @@
 
 class UsageError(ValueError):
     """Bad input or settings, with the message saying what to do."""
+
+
+def message(exc: BaseException) -> str:
+    """What to print for a UsageError: raised in a Ray task, it arrives wrapped in Ray's traceback (a
+    RayTaskError that is also a UsageError); the user needs only the task's own message."""
+    cause = getattr(exc, "cause", None)
+    return str(cause if isinstance(cause, BaseException) else exc)

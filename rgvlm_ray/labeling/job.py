@@ -73,6 +73,8 @@ def settle(state: RunState, record: mf.ShardRecord) -> None:
 def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
     """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
     now = time.time()
+    if "error" in fields:
+        fields["error"] = mf.reason(str(fields["error"]))
     record = new_record(state, shard, status, started=fields.pop("started", now), finished=now, **fields)
     mf.write_record(state.out, record, state.cfg.storage)
     settle(state, record)
@@ -166,7 +168,13 @@ class Writers:
                 try:
                     record = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
-                    finish(self.state, shard, mf.FAILED, error=f"writing the label shard failed: {exc}")
+                    log.warning("writing the label shard of %s failed:\n%s", shard.name, exc)  # the traceback
+                    finish(
+                        self.state,
+                        shard,
+                        mf.FAILED,
+                        error=f"writing the label shard failed: {mf.reason(exc)}",
+                    )
                     continue
                 self.landed(record)
             if not wait_all:

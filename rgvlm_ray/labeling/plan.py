@@ -94,15 +94,44 @@ def output_intact(state: RunState, record: mf.ShardRecord) -> bool:
     return problem is None
 
 
+def record_root(record: mf.ShardRecord) -> str:
+    """The raw dataset a record's shard came from."""
+    return record.input[: -len(record.shard)].rstrip("/") if record.input.endswith(record.shard) else ""
+
+
+def refuse_other_dataset(
+    in_path: str, out: str, records: dict[str, mf.ShardRecord], identities: set[str]
+) -> None:
+    """Never label (or prune) one dataset into another's label set: that would overwrite its labels. A label set
+    belongs to --in when its records name --in as their root, or share shard contents with it (a moved copy)."""
+    if not records or any(record_root(r) == in_path for r in records.values()):
+        return
+    if any(r.identity in identities for r in records.values()):
+        return
+    roots = sorted({record_root(r) or r.input for r in records.values()})
+    raise UsageError(
+        f"--out {out} holds the labels of another dataset ({', '.join(roots[:3])}), not of --in {in_path}: "
+        f"label it into a new label set, `rgvlm label --in {in_path} --out NEW_LABELS`; {out} stays as it is"
+    )
+
+
+def inventory(lc_in: str, out: str, sc: StorageConfig) -> tuple[list[tuple[str, str, str]], dict]:
+    """(name, path, content identity) of every input shard, and the label set's records, after checking that
+    the label set belongs to this dataset."""
+    shards = [
+        (layout.relative_name(lc_in, p), p, storage.content_identity(p, sc)) for p in input_shards(lc_in, sc)
+    ]
+    records = mf.load_records(out, sc)
+    refuse_other_dataset(lc_in, out, records, {identity for _, _, identity in shards})
+    return shards, records
+
+
 def plan(state: RunState) -> list[ShardPlan]:
     lc, sc = state.cfg.label, state.cfg.storage
-    paths = input_shards(lc.in_path, sc)
-    state.records = mf.load_records(state.out, sc)
+    shards, state.records = inventory(lc.in_path, state.out, sc)
     todo = []
-    for path in paths:
-        name = layout.relative_name(lc.in_path, path)
+    for name, path, identity in shards:
         state.inputs.append(name)
-        identity = storage.content_identity(path, sc)
         record = state.records.get(name)
         current = (
             record is not None
@@ -110,10 +139,11 @@ def plan(state: RunState) -> list[ShardPlan]:
             and record.is_current(identity, state.fingerprint, lc.retry_errors)
             and output_intact(state, record)
         )
+        lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
         if current:
+            lease.clear_if_dead()
             state.skipped_current.append(name)
             continue
-        lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
         if not lease.acquire():
             state.skipped_leased.append(name)
             continue

@@ -16,14 +16,12 @@ exist are `orphans`: reported here, removed by `rgvlm label --prune`.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 
-from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
-from rgvlm_ray.labeling import exits
+from rgvlm_ray.labeling import exits, orphans
 from rgvlm_ray.labeling import manifest as mf
-from rgvlm_ray.labeling.leases import Lease, holder_is_dead
+from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore.join import label_shard_problem
 
 DONE_STATES = ("labeled", "bad_input", "quarantined")
@@ -46,9 +44,10 @@ def shard_state(
     in_path: str = "",
 ) -> tuple[str, str]:
     """(state, why). With `in_path`, a labeled shard's label shard is also checked as a reader would."""
-    holder = Lease(out, name, "", 0, cfg).holder()
-    if holder is not None and holder.get("expires", 0) > time.time() and not holder_is_dead(holder):
-        return "leased", f"held by {holder.get('run_id')}"
+    lease = Lease(out, name, "", 0, cfg)
+    holder = lease.holder()
+    if lease.is_live(holder):
+        return "leased", f"held by {holder.get('run_id')}"  # type: ignore[union-attr]
     if record is None:
         return "missing", ""
     if record.identity != identity:
@@ -61,17 +60,20 @@ def shard_state(
 
 
 def shard_states(
-    inputs: list[str], records: dict[str, mf.ShardRecord], out: str, cfg: StorageConfig, in_path: str = ""
+    inputs: list[str],
+    records: dict[str, mf.ShardRecord],
+    out: str,
+    cfg: StorageConfig,
+    in_path: str = "",
+    identities: dict[str, str] | None = None,
 ) -> dict[str, tuple[str, str]]:
-    """Each input shard's (state, why). With `in_path`, identities are read from the inputs (else: records')
-    and label shards are checked."""
+    """Each input shard's (state, why). With `in_path` and the inputs' current `identities`, label shards are
+    checked too; without, identities are the records' own."""
     states = {}
     for name in inputs:
         record = records.get(name)
-        if in_path:
-            identity = storage.content_identity(storage.join(in_path, name), cfg)
-        else:
-            identity = record.identity if record else ""
+        own = record.identity if record else ""
+        identity = identities[name] if identities is not None else own
         states[name] = shard_state(name, record, out, cfg, identity, in_path)
     return states
 
@@ -97,10 +99,20 @@ def exit_code(by_state: dict[str, int], allow_quarantine: bool) -> int:
     return exits.OK
 
 
-def report(inputs: list[str], in_path: str, out: str, cfg: StorageConfig) -> tuple[dict, str]:
-    records = mf.load_records(out, cfg)
-    states = shard_states(inputs, records, out, cfg, in_path)
-    summary = {"in": in_path, "out": out, **totals(states), "shards": {n: s for n, (s, _) in states.items()}}
+def report(
+    identities: dict[str, str], records: dict[str, mf.ShardRecord], in_path: str, out: str, cfg: StorageConfig
+) -> tuple[dict, str]:
+    """`identities`: every input shard's name and current content identity (plan.inventory)."""
+    inputs = list(identities)
+    states = shard_states(inputs, records, out, cfg, in_path, identities)
+    left = orphans.find(inputs, out, cfg)
+    summary = {
+        "in": in_path,
+        "out": out,
+        **totals(states),
+        "shards": {n: s for n, (s, _) in states.items()},
+        "orphans": left,
+    }
     labelers = sorted({f"{r.labeler}@{r.fingerprint}" for r in records.values() if r.shard in states})
     lines = [
         f"{out}: {summary['done']} of {summary['input_shards']} input shards done "
@@ -110,6 +122,10 @@ def report(inputs: list[str], in_path: str, out: str, cfg: StorageConfig) -> tup
     for name in shown:
         state, why = states[name]
         lines.append(f"  {name}: {state}" + (f" ({one_line(why)})" if why else ""))
+    if orphans.count(left):
+        kinds = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in left.items() if v)
+        lines.append(f"left by raw shards that no longer exist: {kinds}; `rgvlm label --prune` removes them")
+        lines += [f"  {p}" for kind in orphans.KINDS for p in left[kind]]
     return summary, "\n".join(lines)
 
 

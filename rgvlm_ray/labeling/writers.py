@@ -45,7 +45,8 @@ def finalize(
             f"{record.shard}: {index.null_count} of {len(ids)} episodes have no labels in {parts}"
         )
     table = labels.take(index)
-    meta = layout.LabelMeta(record.shard, record.identity, labeler, record.fingerprint, table.num_rows)
+    root = record.input[: -len(record.shard)].rstrip("/") if record.input.endswith(record.shard) else ""
+    meta = layout.LabelMeta(record.shard, record.identity, labeler, record.fingerprint, table.num_rows, root)
     data = layout.label_shard_bytes(table, meta)
     path = layout.shard_path(out, record.shard)
     with storage.atomic_open(path, cfg) as f:

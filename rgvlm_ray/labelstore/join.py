@@ -114,11 +114,18 @@ def read_label_shard(labels: str, name: str, identity: str, raw: str, cfg: Stora
     meta = layout.label_meta(table.schema)
     if meta is None:
         raise JoinError(f"{path} is not a label shard (no {layout.LABELS_KEY.decode()} metadata)")
+    if meta.raw_identity != identity and meta.raw_root and meta.raw_root != raw:
+        # Relabeling in place would overwrite the labels of the dataset this label set belongs to.
+        raise JoinError(
+            f"label set {labels} was made from another dataset ({meta.raw_root}), not {raw}: label {raw} into a "
+            f"new label set, `rgvlm label --in {raw} --out NEW_LABELS`, and pass that as --labels"
+        )
     if meta.raw_identity != identity:
         raise JoinError(
             f"{path} was labeled from a different version of raw shard {name} "
-            f"(labeled {meta.raw_identity[:24]}, now {identity[:24]}): "
-            f"relabel with `rgvlm label --in {raw} --out {labels}`"
+            f"(labeled {meta.raw_identity[:24]}, now {identity[:24]}): if {raw} changed since, relabel it with "
+            f"`rgvlm label --in {raw} --out {labels}`; if {labels} was made from another dataset, label {raw} "
+            "into a new label set instead (`--out NEW_LABELS`)"
         )
     return table
 

@@ -30,6 +30,9 @@ class LabelMeta:
     labeler: str  # the column prefix
     fingerprint: str
     episodes: int
+    raw_root: str = (
+        ""  # the raw dataset's canonical root (storage.canonical); "" in label sets before issue 17
+    )
 
 
 def relative_name(root: str, path: str) -> str:
