@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,9 +20,9 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labelstore import layout
 from tests.conftest import S3_BUCKET
+from tests.helpers import run_cli as cli
 from tests.test_pipeline_label import write_dataset
 
-REPO = Path(__file__).resolve().parents[1]
 RAW_NAMES = ["part-a/shard-00000.parquet", "part-a/shard-00001.parquet", "shard-00002.parquet"]
 # (working directory under the root, --in, --out); ROOT stands for the temp root, NAME for the spelling
 SPELLINGS = {
@@ -51,20 +49,6 @@ def top_level() -> set[str]:
     """Entries of the filesystem root and of this process's working directory (the Ray workers' too): the bug
     this guards against created /<cwd's last part>/<in>/ in one and <out>/<garbled path>/ in the other."""
     return {f"/{n}" for n in os.listdir("/")} | {f"./{n}" for n in os.listdir(".")}
-
-
-def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    import ray
-
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "rgvlm_ray.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def layout_of(out: str, cfg: StorageConfig | None = None) -> dict:

@@ -37,8 +37,10 @@ from rgvlm_ray.labeling.plan import (
     RunState,
     ShardPlan,
     check_shard,
+    cross_shard_duplicates,
     input_shards,
     plan,
+    shard_ids,
     with_canonical_roots,
 )
 from rgvlm_ray.labeling.writers import finalize
@@ -83,17 +85,27 @@ def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> 
 def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[ShardPlan]:
     import ray
 
-    task = ray.remote(num_cpus=state.cfg.label.num_cpus_per_check)(check_shard)
-    results = ray.get([task.remote(s.path, state.cfg.storage) for s in shards])
+    lc, sc = state.cfg.label, state.cfg.storage
+    task = ray.remote(num_cpus=lc.num_cpus_per_check)(check_shard)
+    results = ray.get([task.remote(s.path, sc) for s in shards])
+    # Episode ids must be unique across the dataset too: check the new shards against each other and against
+    # the shards already labeled (their ids: one column each, read by Ray tasks).
+    labeled = [n for n in state.skipped_current if state.records[n].status in mf.LABELED]
+    ids_task = ray.remote(num_cpus=lc.num_cpus_per_check)(shard_ids)
+    labeled_ids = ray.get([ids_task.remote(storage.join(lc.in_path, n), sc) for n in labeled])
+    ids = dict(zip(labeled, labeled_ids, strict=True))
+    ids.update({s.name: r["ids"] for s, r in zip(shards, results, strict=True) if r["ok"]})
+    duplicates = cross_shard_duplicates(ids, set(labeled))
     good = []
     for shard, res in zip(shards, results, strict=True):
         shard.rows_in = res["rows"]
         shard.actions = res.get("actions", "")
-        if res["ok"]:
+        error = res["error"] or duplicates.get(shard.name, "")
+        if res["ok"] and not error:
             good.append(shard)
         else:
-            log.warning("quarantined %s: %s", shard.name, res["error"])
-            finish(state, shard, mf.QUARANTINED, error=res["error"])
+            log.warning("quarantined %s: %s", shard.name, error)
+            finish(state, shard, mf.QUARANTINED, error=error)
     return good
 
 

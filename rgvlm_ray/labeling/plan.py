@@ -137,6 +137,7 @@ def plan(state: RunState) -> list[ShardPlan]:
             record is not None
             and not lc.force
             and record.is_current(identity, state.fingerprint, lc.retry_errors)
+            and not record.error.startswith(DUPLICATE)  # the other shard may have changed
             and output_intact(state, record)
         )
         lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
@@ -166,4 +167,34 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
             f"; ... {len(issues) - 5} more" if len(issues) > 5 else ""
         )
         return {"ok": False, "rows": table.num_rows, "error": f"invalid: {shown}"}
-    return {"ok": True, "rows": table.num_rows, "error": "", "actions": action_space(table.schema).to_json()}
+    actions = action_space(table.schema).to_json()
+    return {"ok": True, "rows": table.num_rows, "error": "", "actions": actions, "ids": ids}
+
+
+def shard_ids(path: str, cfg: StorageConfig) -> list[str]:
+    """A labeled shard's episode ids (runs as a Ray task: one column read), to check new shards against."""
+    try:
+        return fmt.read_shard(path, cfg, columns=["episode_id"]).column("episode_id").to_pylist()
+    except (FileNotFoundError, fmt.FormatError):  # gone or unreadable since: nothing to collide with
+        return []
+
+
+DUPLICATE = "duplicate episode ids"  # a quarantine that depends on other shards: checked again every run
+
+
+def cross_shard_duplicates(ids: dict[str, list[str]], labeled: set[str]) -> dict[str, str]:
+    """Shards to quarantine, with why: those holding an episode id that a shard before them holds too. Shards
+    already labeled (`labeled`) come first, so a new shard never takes an id from a labeled one; the rest go in
+    input order. Readers join by shard and id, and train would see such an episode twice."""
+    owner: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for name in sorted(ids, key=lambda n: (n not in labeled, n)):
+        clashes = [(ep, owner[ep]) for ep in ids[name] if ep in owner]
+        if clashes:
+            ep, other = clashes[0]
+            bad[name] = (
+                f"{DUPLICATE}: {len(clashes)} also in {other} (e.g. {ep!r}); remove them from one shard"
+            )
+            continue  # a quarantined shard owns none of its ids
+        owner.update(dict.fromkeys(ids[name], name))
+    return bad
