@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf.errors import OmegaConfBaseException
 
 from rgvlm_ray.config import Config, load_config
-from rgvlm_ray.errors import UsageError, message
+from rgvlm_ray.errors import StorageError, UsageError, message
+from rgvlm_ray.storage import fault as storage_fault
 from rgvlm_ray.storage import resolved
 
 
@@ -325,6 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"rgvlm {args.command}: {message(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A storage fault anywhere under a command (disk full, S3 down) is the user's to fix: one line, exit 4.
+        # Anything else is a bug: its traceback is wanted.
+        fault = storage_fault(exc, "", cfg.storage)
+        if fault is None:
+            raise
+        logging.getLogger("rgvlm_ray").debug("storage fault", exc_info=True)
+        print(f"rgvlm {args.command}: {fault}", file=sys.stderr)
+        return StorageError.exit_code
 
 
 def require(cfg: Config, *keys: str) -> None:

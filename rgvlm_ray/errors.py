@@ -10,3 +10,10 @@ def message(exc: BaseException) -> str:
     RayTaskError that is also a UsageError); the user needs only the task's own message."""
     cause = getattr(exc, "cause", None)
     return str(cause if isinstance(cause, BaseException) else exc)
+
+
+class StorageError(RuntimeError):
+    """The storage failed under a command (disk full, permission denied, S3 unreachable or throttling after
+    retries): the CLI prints the one-line message, naming the storage, the path and what to do, and exits 4."""
+
+    exit_code = 4

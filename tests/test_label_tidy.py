@@ -106,7 +106,10 @@ def test_state_of_deleted_raw_shards_is_reported_and_pruned(ray_cluster, tmp_pat
     assert label(src, out, "--status") == exits.OK  # the inputs that exist are all labeled
     printed = capsys.readouterr().out
     assert "2 of 2 input shards done" in printed
-    assert "left by raw shards that no longer exist: 1 label shards, 1 parts, 1 records" in printed
+    assert (
+        "left behind by raw shards that no longer exist or by runs that broke: 1 label shards, 1 parts, 1 records"
+        in printed
+    )
     assert "rgvlm label --prune" in printed
     assert str(parts) in printed
 
@@ -115,7 +118,7 @@ def test_state_of_deleted_raw_shards_is_reported_and_pruned(ray_cluster, tmp_pat
     assert not parts.exists() and not Path(out, "shard-00002.parquet").exists()
     assert not Path(out, "_manifest", "shard-00002.parquet.json").exists()
     assert label(src, out, "--status") == exits.OK
-    assert "no longer exist" not in capsys.readouterr().out
+    assert "left behind" not in capsys.readouterr().out
     kept = read_output(src, out).column("episode_id").to_pylist()
     assert sorted(kept) == sorted(ids[:4])
     assert label(src, out, "--engine", "oracle") == exits.OK

@@ -214,6 +214,8 @@ def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] |
     except FileNotFoundError:
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
+        if storage.fault(exc, path, cfg) is not None:  # the storage failed, not the shard
+            raise
         raise unreadable(path, exc) from exc
     version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is not None and version.decode() != SCHEMA_VERSION:
@@ -239,6 +241,8 @@ def read_schema(path: str, cfg: StorageConfig | None = None) -> pa.Schema:
     except FileNotFoundError:
         raise
     except Exception as exc:  # as read_shard: a corrupt footer is the shard's fault, named
+        if storage.fault(exc, path, cfg) is not None:
+            raise
         raise unreadable(path, exc) from exc
 
 

@@ -18,6 +18,7 @@ or hit transient engine errors, so a rerun has work to do (`rgvlm label --status
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -28,7 +29,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
-from rgvlm_ray.labeling import exits
+from rgvlm_ray.labeling import chaos, exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import LabelActor, stripped
@@ -44,6 +45,7 @@ from rgvlm_ray.labeling.plan import (
     with_canonical_roots,
 )
 from rgvlm_ray.labeling.writers import finalize
+from rgvlm_ray.labelstore import layout
 
 log = logging.getLogger(__name__)
 EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = exits.OK, exits.FAILED, exits.INCOMPLETE
@@ -64,21 +66,41 @@ def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object)
     )
 
 
+def storage_fault(state: RunState, exc: BaseException, path: str) -> bool:
+    """Note a storage fault (the run then ends with exit 4, after freeing its leases); False if `exc` is not one."""
+    fault = storage.fault(exc, path, state.cfg.storage)
+    if fault is None:
+        return False
+    log.debug("storage fault at %s", path, exc_info=exc)  # the traceback, for the log only
+    state.faults.append(fault)
+    return True
+
+
 def settle(state: RunState, record: mf.ShardRecord) -> None:
-    """A shard's record is written: keep it and free the shard's lease."""
+    """A shard's record is written (or cannot be): keep it and free the shard's lease."""
     state.records[record.shard] = record
     lease = state.leases.pop(record.shard, None)
-    if lease is not None:
+    if lease is None:
+        return
+    try:
         lease.release()
+    except Exception as exc:  # storage down: the lease expires after lease_ttl_s (at once for reruns here)
+        if not storage_fault(state, exc, lease.path):
+            raise
 
 
 def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
-    """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
+    """Record a shard that no writer recorded (quarantined, failed) and free its lease, even if the record
+    cannot be written (a full disk): a shard without a record is simply labeled again by the next run."""
     now = time.time()
     if "error" in fields:
         fields["error"] = mf.reason(str(fields["error"]))
     record = new_record(state, shard, status, started=fields.pop("started", now), finished=now, **fields)
-    mf.write_record(state.out, record, state.cfg.storage)
+    try:
+        mf.write_record(state.out, record, state.cfg.storage)
+    except Exception as exc:
+        if not storage_fault(state, exc, mf.record_path(state.out, shard.name)):
+            raise
     settle(state, record)
 
 
@@ -180,7 +202,8 @@ class Writers:
                 try:
                     record = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
-                    log.warning("writing the label shard of %s failed:\n%s", shard.name, exc)  # the traceback
+                    if not storage_fault(self.state, exc, layout.shard_path(self.state.out, shard.name)):
+                        log.warning("writing the label shard of %s failed:\n%s", shard.name, exc)  # traceback
                     finish(
                         self.state,
                         shard,
@@ -303,8 +326,16 @@ def run(cfg: Config) -> dict:
     state = RunState(
         cfg, labeler_name(cfg.engine.kind, cfg.labeler), labeler_fingerprint(cfg.engine, cfg.labeler)
     )
+    chaos.install(lc.chaos)
     start = time.perf_counter()
-    todo = plan(state)
+    try:
+        todo = plan(state)
+    except Exception as exc:
+        release_all(state)  # a fault midway through planning: free what was leased so far
+        fault = storage.fault(exc, state.out, cfg.storage)
+        if fault is None:
+            raise
+        raise fault from None
     log.info(
         "%d shard(s) to label, %d current, %d leased by another run",
         len(todo),
@@ -318,6 +349,9 @@ def run(cfg: Config) -> dict:
                 good = quarantine_bad_shards(state, todo)
                 if good:
                     label_shards(state, good)
+            except Exception as exc:
+                if not storage_fault(state, exc, state.out):
+                    raise
             finally:
                 # Leases still held mean the run broke: leave a record and free the shard (finish releases).
                 by_name = {s.name: s for s in todo}
@@ -326,12 +360,27 @@ def run(cfg: Config) -> dict:
                         state, by_name[name], mf.FAILED, error="the run stopped before this shard was written"
                     )
     summary = summarize(state, time.perf_counter() - start)
-    records = mf.load_records(state.out, cfg.storage)
-    summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
-    mf.write_manifest(state.out, records, cfg.storage, summary["status"])
-    with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
-        f.write(json.dumps(summary, indent=2).encode())
+    try:
+        records = mf.load_records(state.out, cfg.storage)
+        summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
+        if not state.faults:
+            mf.write_manifest(state.out, records, cfg.storage, summary["status"])
+            with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
+                f.write(json.dumps(summary, indent=2).encode())
+    except Exception as exc:
+        if not storage_fault(state, exc, state.out):
+            raise
+    if state.faults:
+        # One line for the user (the CLI prints it, exit 4); records and leases are settled, tracebacks logged.
+        raise state.faults[0]
     return summary
+
+
+def release_all(state: RunState) -> None:
+    """Free every lease this run holds, best effort (the storage may be what failed)."""
+    for name in list(state.leases):
+        with contextlib.suppress(Exception):
+            state.leases.pop(name).release()
 
 
 def exit_code(summary: dict, allow_quarantine: bool) -> int:

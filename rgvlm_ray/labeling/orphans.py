@@ -1,8 +1,9 @@
-"""State left in a label set for raw shards that no longer exist: records, part files, leases, label shards.
+"""State left behind in a label set: records, part files, leases and label shards of raw shards that no longer
+exist, and part files no live run holds (a run that broke on a storage fault).
 
 A raw shard deleted (or renamed) after it was labeled, or mid-run, leaves its record, and perhaps its `_parts/`,
 a lease and its label shard, behind. `rgvlm label --status` reports them; `rgvlm label --prune` removes them.
-Nothing of an input shard that still exists is touched, and no lease a live run holds.
+Nothing a live run holds is touched, nor the records and label shards of input shards that still exist.
 """
 
 from __future__ import annotations
@@ -41,10 +42,10 @@ def find(inputs: list[str], out: str, cfg: StorageConfig) -> dict[str, list[str]
         label_shards = []
     return {
         "label_shards": label_shards,
-        "parts": [
+        "parts": [  # parts matter only to the live run holding their shard's lease
             storage.join(out, "_parts", d)
             for d in _children(storage.join(out, "_parts"), cfg)
-            if d not in flat
+            if d not in flat or not _held(out, d, cfg)
         ],
         "leases": [
             storage.join(out, "_leases", f)

@@ -10,7 +10,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import action_space
-from rgvlm_ray.errors import UsageError
+from rgvlm_ray.errors import StorageError, UsageError
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease, new_run_id
 from rgvlm_ray.labelstore import layout
@@ -44,6 +44,7 @@ class RunState:
     totals: Counter = field(default_factory=Counter)
     step_status: Counter = field(default_factory=Counter)
     episode_status: Counter = field(default_factory=Counter)
+    faults: list[StorageError] = field(default_factory=list)  # storage faults met: the run ends with exit 4
 
     @property
     def out(self) -> str:
@@ -158,6 +159,8 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
     try:
         table = fmt.read_shard(path, cfg)
     except Exception as exc:
+        if storage.fault(exc, path, cfg) is not None:  # the storage failed, not the shard: never quarantine
+            raise
         return {"ok": False, "rows": None, "error": str(exc)}
     issues = fmt.validate_table(table, storage.basename(path))
     ids = table.column("episode_id").to_pylist() if "episode_id" in table.column_names else []

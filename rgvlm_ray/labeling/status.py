@@ -124,7 +124,10 @@ def report(
         lines.append(f"  {name}: {state}" + (f" ({one_line(why)})" if why else ""))
     if orphans.count(left):
         kinds = ", ".join(f"{len(v)} {k.replace('_', ' ')}" for k, v in left.items() if v)
-        lines.append(f"left by raw shards that no longer exist: {kinds}; `rgvlm label --prune` removes them")
+        lines.append(
+            f"left behind by raw shards that no longer exist or by runs that broke: {kinds}; "
+            "`rgvlm label --prune` removes them"
+        )
         lines += [f"  {p}" for kind in orphans.KINDS for p in left[kind]]
     return summary, "\n".join(lines)
 

@@ -7,6 +7,7 @@ checks them against the raw shard's episode ids, writes the label shard atomical
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -34,6 +35,7 @@ def finalize(
 ):
     """Gather `parts` into the label shard `out/<shard>`, then write its manifest record (runs as a Ray task, so
     a shard and its record land together even if the driver dies). Returns the record."""
+    chaos.install(chaos_spec)
     labeler = record.labeler
     ids = fmt.read_shard(record.input, cfg, columns=["episode_id"]).column("episode_id")
     schema = pa.schema([pa.field("episode_id", pa.string()), *fmt.label_schema(labeler)])
@@ -65,10 +67,20 @@ def finalize(
         finished=time.time(),
         stats=stats,
     )
-    mf.write_record(out, record, cfg)
-    fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
-    if fs.exists(prefix):
-        fs.rm(prefix, recursive=True)
+    chaos.after_label_shard(chaos_spec)
+    try:
+        mf.write_record(out, record, cfg)
+    except BaseException:
+        # No label shard without its record (disk full, S3 gone): take it back, best effort, and fail the shard.
+        with contextlib.suppress(Exception):
+            fs, p = storage.get_fs(path, cfg)
+            fs.rm_file(p)
+        raise
+    # The shard is done; parts left by a failing delete are cleared by the next write or `rgvlm label --prune`.
+    with contextlib.suppress(Exception):
+        fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
+        if fs.exists(prefix):
+            fs.rm(prefix, recursive=True)
     return record
 
 
