@@ -11,9 +11,10 @@
    one label shard, atomically, and writes the shard's record; the driver then releases its lease. The driver
    only counts: its memory does not grow with the episodes. A crash loses at most the shards in flight.
 
-Exit codes: 0 every input shard is labeled (or quarantined, with --allow-quarantine); 1 a shard failed, was
-quarantined, or the balance check failed; 2 bad usage; 3 incomplete: some shards are leased by another live run
-or hit transient engine errors, so a rerun has work to do (`rgvlm label --status` shows which).
+Exit codes (exits.py), over the whole label set, not one run: 0 every input shard is labeled (or quarantined,
+with --allow-quarantine); 1 a shard failed or is quarantined, or the balance check failed; 2 bad usage; 3
+incomplete: some shards are leased by another live run or hit transient engine errors, so a rerun has work to do
+(`rgvlm label --status` shows which); 4 the storage failed (the run frees its leases and stops).
 """
 
 from __future__ import annotations
