@@ -175,7 +175,7 @@ UNREACHABLE = {
 THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded", "ServiceUnavailable"}
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def chain(exc: BaseException) -> Iterator[BaseException]:
     """`exc` and everything it wraps: Python's cause/context, and a Ray task error's `cause`."""
     seen: set[int] = set()
     todo = [exc]
@@ -234,7 +234,7 @@ def fault(exc: BaseException, path: str, cfg: StorageConfig | None = None) -> St
     """A StorageError naming the storage, the path and what to do, if `exc` (or anything it wraps) is a storage
     fault; None for anything else (bad input, bugs). `path`: what the command was writing or reading (an OSError's
     own file name wins)."""
-    for e in _chain(exc):
+    for e in chain(exc):
         if isinstance(e, StorageError):
             return e
         kind, what = _kind(e), ""

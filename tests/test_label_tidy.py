@@ -9,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from rgvlm_ray.labeling import exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore.join import JoinError, Source
+from tests.helpers import REPO, run_cli
 from tests.test_pipeline_label import label, read_output, summary_of, write_dataset
 
 
@@ -123,3 +125,37 @@ def test_state_of_deleted_raw_shards_is_reported_and_pruned(ray_cluster, tmp_pat
     assert sorted(kept) == sorted(ids[:4])
     assert label(src, out, "--engine", "oracle") == exits.OK
     assert summary_of(out)["shards"]["skipped_current"] == 2
+
+
+def test_a_raw_shard_deleted_mid_run_fails_in_one_line_and_prune_clears_it(ray_cluster, tmp_path):
+    import ray
+
+    src, out = str(tmp_path / "raw"), str(tmp_path / "labels")
+    ids = write_dataset(src, shards=4, per_shard=2, subtasks="1-2")
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    slow = ["--engine", "oracle", "label.chaos=slow:1", "label.episodes_per_batch=1", "--actors", "1"]
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "rgvlm_ray.cli", "label", "--in", src, "--out", out, *slow],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.time() + 240
+    while not list(Path(out, "_parts").glob("*/*.parquet")):  # labeling has started
+        assert driver.poll() is None and time.time() < deadline, driver.communicate()[1][-3000:]
+        time.sleep(0.2)
+    os.remove(os.path.join(src, "shard-00003.parquet"))
+    stdout, stderr = driver.communicate(timeout=300)
+    assert driver.returncode == exits.FAILED, stderr[-3000:]
+    assert "Traceback" not in stdout + stderr, stderr[-3000:]
+    failed = mf.load_records(out, StorageConfig())["shard-00003.parquet"]
+    assert failed.status == mf.FAILED and "\n" not in failed.error and "\x1b" not in failed.error
+
+    assert label(src, out, "--engine", "oracle") == exits.OK  # the other shards, once each
+    assert sorted(read_output(src, out).column("episode_id").to_pylist()) == sorted(ids[:6])
+    capsys_free = run_cli(tmp_path, "label", "--in", src, "--out", out, "--status")
+    assert capsys_free.returncode == exits.OK and "left behind" in capsys_free.stdout
+    assert label(src, out, "--prune") == exits.OK
+    assert not Path(out, "_manifest", "shard-00003.parquet.json").exists()
+    assert not list(Path(out, "_parts").glob("*"))

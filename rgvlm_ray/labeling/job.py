@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -75,6 +76,19 @@ def storage_fault(state: RunState, exc: BaseException, path: str) -> bool:
     log.debug("storage fault at %s", path, exc_info=exc)  # the traceback, for the log only
     state.faults.append(fault)
     return True
+
+
+def input_vanished(exc: BaseException) -> str:
+    """One line if `exc` says a raw shard disappeared under the run (deleted or replaced mid-run), else "".
+    Ray Data hands a read task's error on as text, so the text is searched too."""
+    for e in storage.chain(exc):
+        if isinstance(e, FileNotFoundError):
+            return f"an input shard disappeared during the run: {mf.reason(e)}"
+        if "RayTaskError" in type(e).__name__ or "UserCodeException" in type(e).__name__:
+            found = re.findall(r"(?:FileNotFoundError|No such file or directory)[^\n]*", str(e))
+            if found:
+                return f"an input shard disappeared during the run: {mf.reason(found[-1])}"
+    return ""
 
 
 def settle(state: RunState, record: mf.ShardRecord) -> None:
@@ -343,6 +357,7 @@ def run(cfg: Config) -> dict:
         len(state.skipped_current),
         len(state.skipped_leased),
     )
+    stopped = "the run stopped before this shard was written"
     if todo:
         init_ray(cfg.ray)
         with Heartbeat(state.leases, lc.lease_ttl_s):
@@ -351,15 +366,19 @@ def run(cfg: Config) -> dict:
                 if good:
                     label_shards(state, good)
             except Exception as exc:
-                if not storage_fault(state, exc, state.out):
+                vanished = "" if storage_fault(state, exc, state.out) else input_vanished(exc)
+                if (
+                    vanished
+                ):  # the shards not written are recorded failed (exit 1); a rerun sees the new input
+                    log.warning("%s", vanished)
+                    stopped = f"the run stopped before this shard was written: {vanished}"
+                elif not state.faults:
                     raise
             finally:
                 # Leases still held mean the run broke: leave a record and free the shard (finish releases).
                 by_name = {s.name: s for s in todo}
                 for name in list(state.leases):
-                    finish(
-                        state, by_name[name], mf.FAILED, error="the run stopped before this shard was written"
-                    )
+                    finish(state, by_name[name], mf.FAILED, error=stopped)
     summary = summarize(state, time.perf_counter() - start)
     try:
         records = mf.load_records(state.out, cfg.storage)

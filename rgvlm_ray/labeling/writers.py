@@ -48,7 +48,14 @@ def finalize(
         )
     table = labels.take(index)
     root = record.input[: -len(record.shard)].rstrip("/") if record.input.endswith(record.shard) else ""
-    meta = layout.LabelMeta(record.shard, record.identity, labeler, record.fingerprint, table.num_rows, root)
+    meta = layout.LabelMeta(
+        record.shard,
+        record.identity,
+        labeler,
+        record.fingerprint,
+        table.num_rows,
+        root and layout.root_id(root),
+    )
     data = layout.label_shard_bytes(table, meta)
     path = layout.shard_path(out, record.shard)
     with storage.atomic_open(path, cfg) as f:

@@ -114,11 +114,11 @@ def read_label_shard(labels: str, name: str, identity: str, raw: str, cfg: Stora
     meta = layout.label_meta(table.schema)
     if meta is None:
         raise JoinError(f"{path} is not a label shard (no {layout.LABELS_KEY.decode()} metadata)")
-    if meta.raw_identity != identity and meta.raw_root and meta.raw_root != raw:
+    if meta.raw_identity != identity and meta.raw_root and meta.raw_root != layout.root_id(raw):
         # Relabeling in place would overwrite the labels of the dataset this label set belongs to.
         raise JoinError(
-            f"label set {labels} was made from another dataset ({meta.raw_root}), not {raw}: label {raw} into a "
-            f"new label set, `rgvlm label --in {raw} --out NEW_LABELS`, and pass that as --labels"
+            f"label set {labels} was made from another dataset, not {raw}: label {raw} into a new label set, "
+            f"`rgvlm label --in {raw} --out NEW_LABELS`, and pass that as --labels"
         )
     if meta.raw_identity != identity:
         raise JoinError(

@@ -11,6 +11,7 @@ A label shard is written once, atomically, by a Ray worker, after every episode 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -30,9 +31,14 @@ class LabelMeta:
     labeler: str  # the column prefix
     fingerprint: str
     episodes: int
-    raw_root: str = (
-        ""  # the raw dataset's canonical root (storage.canonical); "" in label sets before issue 17
-    )
+    # Which raw dataset (root_id of its canonical root): tells "another dataset" from "another version" of a
+    # shard. "" in label sets written before it existed.
+    raw_root: str = ""
+
+
+def root_id(root: str) -> str:
+    """A short, stable id of a dataset root (its canonical spelling): footers stay small."""
+    return hashlib.sha256(storage.canonical(root).encode()).hexdigest()[:16]
 
 
 def relative_name(root: str, path: str) -> str:
