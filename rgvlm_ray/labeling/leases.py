@@ -122,7 +122,8 @@ class Lease:
 
     def renew(self) -> None:
         with self._lock:
-            if self.released:
+            # Released here, or by the shard's writer once its record landed: never bring it back.
+            if self.released or (self.holder() or {}).get("run_id") != self.run_id:
                 return
             with storage.atomic_open(self.path, self.cfg) as f:
                 f.write(self._body())

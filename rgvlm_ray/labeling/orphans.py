@@ -50,7 +50,7 @@ def find(inputs: list[str], out: str, cfg: StorageConfig) -> dict[str, list[str]
         "leases": [
             storage.join(out, "_leases", f)
             for f in leases
-            if f.removesuffix(".lease") not in flat and not _held(out, f.removesuffix(".lease"), cfg)
+            if not _held(out, f.removesuffix(".lease"), cfg)  # a dead run's lease guards nothing
         ],
         "records": sorted(mf.record_path(out, n) for n in mf.load_records(out, cfg) if n not in names),
     }

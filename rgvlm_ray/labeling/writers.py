@@ -21,6 +21,7 @@ from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling import manifest as mf
+from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore import layout
 
 
@@ -88,6 +89,9 @@ def finalize(
         fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
         if fs.exists(prefix):
             fs.rm(prefix, recursive=True)
+    # Its lease goes with it, here rather than only in the driver: a driver killed now leaves no lease behind.
+    with contextlib.suppress(Exception):
+        Lease(out, record.shard, record.run_id, 0, cfg).release()
     return record
 
 
