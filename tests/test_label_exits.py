@@ -13,19 +13,20 @@ def test_quarantined_shards_keep_the_exit_code_non_zero_on_every_rerun(ray_clust
     src, out = str(tmp_path / "raw"), str(tmp_path / "labels")
     write_dataset(src, shards=2, per_shard=2, subtasks="1-2")
     Path(src, "shard-bad.parquet").write_text("not parquet at all\n")
+    Path(src, "a-bad-first.parquet").write_bytes(b"PAR1 cut short")  # listed first: quarantined, not refused
     assert label(src, out, "--engine", "oracle") == exits.FAILED
     assert "pass --allow-quarantine" in capsys.readouterr().out
     # the rerun labels nothing new, but the label set still holds a quarantined shard
     assert label(src, out, "--engine", "oracle") == exits.FAILED
     printed = capsys.readouterr().out
     assert "shard-bad.parquet" in printed and "pass --allow-quarantine" in printed
-    assert summary_of(out)["shards"]["skipped_current"] == 3
+    assert summary_of(out)["shards"]["skipped_current"] == 4
     assert label(src, out, "--engine", "oracle", "--allow-quarantine") == exits.OK
     capsys.readouterr()
 
     assert label(src, out, "--status") == exits.FAILED
     printed = capsys.readouterr().out
-    assert "3 of 3 input shards done" in printed
+    assert "4 of 4 input shards done" in printed
     line = next(x for x in printed.splitlines() if "shard-bad.parquet" in x)
     assert "quarantined (" in line and "cannot read Parquet" in line
     assert label(src, out, "--status", "--allow-quarantine") == exits.OK

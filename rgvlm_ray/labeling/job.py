@@ -320,14 +320,18 @@ def check_inputs(cfg: Config) -> None:
     """Refuse up front what would fail on every episode: the oracles need generator-only `progress`."""
     if cfg.engine.kind not in ("oracle", "noisy_oracle"):
         return
-    shards = input_shards(cfg.label.in_path, cfg.storage)
-    if shards:
+    for shard in input_shards(cfg.label.in_path, cfg.storage):
+        try:
+            schema = fmt.read_schema(shard, cfg.storage)
+        except fmt.FormatError:  # an unreadable shard is quarantined by the run, not refused here
+            continue
         fmt.require_columns(
-            fmt.read_schema(shards[0], cfg.storage),
+            schema,
             ["progress"],
             f"--engine {cfg.engine.kind}",
             "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
         )
+        return
 
 
 def run(cfg: Config) -> dict:
