@@ -218,7 +218,8 @@ class Writers:
                     record = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
                     if not storage_fault(self.state, exc, layout.shard_path(self.state.out, shard.name)):
-                        log.warning("writing the label shard of %s failed:\n%s", shard.name, exc)  # traceback
+                        log.warning("writing the label shard of %s failed: %s", shard.name, mf.reason(exc))
+                        log.debug("the writer's traceback:\n%s", exc)  # with -v
                     finish(
                         self.state,
                         shard,
@@ -371,10 +372,10 @@ def run(cfg: Config) -> dict:
                     label_shards(state, good)
             except Exception as exc:
                 vanished = "" if storage_fault(state, exc, state.out) else input_vanished(exc)
-                if (
-                    vanished
-                ):  # the shards not written are recorded failed (exit 1); a rerun sees the new input
+                # The shards not written are then recorded failed (exit 1); a rerun sees the new input.
+                if vanished:
                     log.warning("%s", vanished)
+                    log.debug("the run stopped", exc_info=exc)
                     stopped = f"the run stopped before this shard was written: {vanished}"
                 elif not state.faults:
                     raise
