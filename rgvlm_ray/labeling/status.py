@@ -9,8 +9,9 @@ Each input shard is in one state:
 - `stale`: labeled from another version of the input; `missing`: never labeled;
 - `label_missing`, `truncated`, `damaged`: its record says labeled, but a reader would refuse the label shard
   (deleted, cut short, or unreadable / not matching the input: the checks of labelstore/join.py).
-The first three are done; the others mean a run has work to do. Records and parts of raw shards that no longer
-exist are `orphans`: reported here, removed by `rgvlm label --prune`.
+The first three are done; the others mean a run has work to do. What is left behind (labeling/orphans.py:
+records, parts, leases and label shards of raw shards that no longer exist, parts and leases of dead runs) is
+listed too, and removed by `rgvlm label --prune`.
 """
 
 from __future__ import annotations
