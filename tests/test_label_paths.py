@@ -178,8 +178,8 @@ def test_s3_spellings_give_the_same_label_set(ray_cluster, root, s3_env, capsys)
         [(src, f"s3://{S3_BUCKET}/paths-l0"), (f"{src}/", f"s3://{S3_BUCKET}//paths-l1/")]
     ):
         before, before_top = tree(root), top_level()
-        done = cli(root, "label", "--in", in_path, "--out", out_path, "--engine", "oracle")
-        assert done.returncode == 0, done.stderr[-3000:]
+        # in-process: no working directory comes into an s3:// spelling
+        assert main(["label", "--in", in_path, "--out", out_path, "--engine", "oracle"]) == 0
         assert tree(root) == before and top_level() == before_top  # nothing local
         layouts.append(layout_of(f"s3://{S3_BUCKET}/paths-l{i}", s3_env))
         capsys.readouterr()
