@@ -17,3 +17,12 @@ class StorageError(RuntimeError):
     retries): the CLI prints the one-line message, naming the storage, the path and what to do, and exits 4."""
 
     exit_code = 4
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind  # full | denied | unreachable | throttled
+
+    @property
+    def storage_down(self) -> bool:
+        """Every further call would wait out its retries and fail too: better not to make any."""
+        return self.kind in ("unreachable", "throttled")

@@ -259,5 +259,5 @@ def fault(exc: BaseException, path: str, cfg: StorageConfig | None = None) -> St
             kind, "throttled or failed"
         )
         at = f" at {where}" if where else ""
-        return StorageError(f"storage error: {storage} {problem}{at} ({what}): {advice}")
+        return StorageError(f"storage error: {storage} {problem}{at} ({what}): {advice}", kind)
     return None

@@ -95,7 +95,7 @@ def settle(state: RunState, record: mf.ShardRecord) -> None:
     """A shard's record is written (or cannot be): keep it and free the shard's lease."""
     state.records[record.shard] = record
     lease = state.leases.pop(record.shard, None)
-    if lease is None:
+    if lease is None or state.storage_down:
         return
     try:
         lease.release()
@@ -112,7 +112,8 @@ def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> 
         fields["error"] = mf.reason(str(fields["error"]))
     record = new_record(state, shard, status, started=fields.pop("started", now), finished=now, **fields)
     try:
-        mf.write_record(state.out, record, state.cfg.storage)
+        if not state.storage_down:
+            mf.write_record(state.out, record, state.cfg.storage)
     except Exception as exc:
         if not storage_fault(state, exc, mf.record_path(state.out, shard.name)):
             raise
@@ -384,20 +385,22 @@ def run(cfg: Config) -> dict:
                 by_name = {s.name: s for s in todo}
                 for name in list(state.leases):
                     finish(state, by_name[name], mf.FAILED, error=stopped)
+    if state.faults:
+        # One line for the user (the CLI prints it, exit 4): records and leases are settled as far as the storage
+        # allowed, tracebacks are in the log; _manifest.json and summary.json keep the last good run's.
+        raise state.faults[0]
     summary = summarize(state, time.perf_counter() - start)
     try:
         records = mf.load_records(state.out, cfg.storage)
         summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
-        if not state.faults:
-            mf.write_manifest(state.out, records, cfg.storage, summary["status"])
-            with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
-                f.write(json.dumps(summary, indent=2).encode())
+        mf.write_manifest(state.out, records, cfg.storage, summary["status"])
+        with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
+            f.write(json.dumps(summary, indent=2).encode())
     except Exception as exc:
-        if not storage_fault(state, exc, state.out):
+        fault = storage.fault(exc, state.out, cfg.storage)
+        if fault is None:
             raise
-    if state.faults:
-        # One line for the user (the CLI prints it, exit 4); records and leases are settled, tracebacks logged.
-        raise state.faults[0]
+        raise fault from None
     return summary
 
 

@@ -50,6 +50,12 @@ class RunState:
     def out(self) -> str:
         return self.cfg.label.out_path
 
+    @property
+    def storage_down(self) -> bool:
+        """S3 is unreachable or failing after retries: writing records or freeing leases would only wait out the
+        same retries (minutes per call), so the run stops trying; its leases expire after lease_ttl_s."""
+        return any(f.storage_down for f in self.faults)
+
 
 def with_canonical_roots(cfg: Config) -> Config:
     """`cfg` with --in and --out in their one canonical spelling (storage.canonical): a relative or symlinked
