@@ -17,7 +17,8 @@ from typing import Any
 from omegaconf.errors import OmegaConfBaseException
 
 from rgvlm_ray.config import Config, load_config
-from rgvlm_ray.errors import UsageError
+from rgvlm_ray.errors import StorageError, UsageError, message
+from rgvlm_ray.storage import fault as storage_fault
 from rgvlm_ray.storage import resolved
 
 
@@ -105,6 +106,12 @@ COMMANDS: dict[str, Command] = {
             Flag("--out", "label.out_path", help="label set: folder or s3:// prefix, beside the raw data"),
             Flag(
                 "--status", "label.status", bool, "report every input shard's state in --out; label nothing"
+            ),
+            Flag(
+                "--prune",
+                "label.prune",
+                bool,
+                "remove what --out holds for raw shards that no longer exist (--status lists it); label nothing",
             ),
             Flag("--retry-errors", "label.retry_errors", bool, "relabel shards with bad-input episodes too"),
             Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
@@ -324,8 +331,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(run(cfg) or 0)
     except UsageError as exc:
-        print(f"rgvlm {args.command}: {exc}", file=sys.stderr)
+        print(f"rgvlm {args.command}: {message(exc)}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        # A storage fault anywhere under a command (disk full, S3 down) is the user's to fix: one line, exit 4.
+        # Anything else is a bug: its traceback is wanted.
+        fault = storage_fault(exc, "", cfg.storage)
+        if fault is None:
+            raise
+        logging.getLogger("rgvlm_ray").debug("storage fault", exc_info=True)
+        print(f"rgvlm {args.command}: {fault}", file=sys.stderr)
+        return StorageError.exit_code
 
 
 def require(cfg: Config, *keys: str) -> None:

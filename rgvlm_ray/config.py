@@ -220,6 +220,7 @@ class LabelConfig:
         False  # also relabel shards whose only errors were bad input (e.g. undecodable frames)
     )
     status: bool = False  # print what the output holds for every input shard, over all runs; label nothing
+    prune: bool = False  # remove records, parts, leases and label shards of raw shards that no longer exist
     num_cpus_per_check: float = 0.25
     chaos: str = (
         ""  # fault injection for rehearsals: crash-once:PATH | hang-once:PATH (rgvlm_ray/labeling/chaos.py)

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -35,3 +39,22 @@ def rows(table: pa.Table) -> list[dict]:
 
 def table_from_rows(rows_: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows_, schema=fmt.EPISODE_SCHEMA).drop_columns(["frames_full"])
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(cwd: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`rgvlm ARGS` as a user runs it: its own process, in `cwd`, on the session's Ray cluster. What it prints
+    is what a user sees (tracebacks included), and a crash cannot take the test process with it."""
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "rgvlm_ray.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -69,6 +69,8 @@ def test_inspect_reports_validation_errors(ray_cluster, tmp_path, capsys):
     out = tmp_path / "bad"
     out.mkdir()
     (out / "broken.parquet").write_bytes(b"PAR1 definitely not parquet")
-    assert main(["inspect", str(out)]) == 1
-    assert "broken.parquet: cannot read Parquet" in capsys.readouterr().out
+    assert main(["inspect", str(out)]) == 2  # no reader can use it: the report, and one line naming it
+    printed = capsys.readouterr()
+    assert "broken.parquet: cannot read Parquet" in printed.out
+    assert "broken.parquet: cannot read Parquet" in printed.err and len(printed.err.splitlines()) == 1
     assert main(["inspect", str(tmp_path / "nothing-here")]) == 2

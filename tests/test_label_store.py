@@ -137,7 +137,8 @@ def test_join_refuses_label_sets_that_do_not_match_the_raw_shards(ray_cluster, t
     with pytest.raises(JoinError, match=rf"{name}: 1 of the raw shard's 3 episodes are missing"):
         Source(src, [out]).read(first)
     # the raw shard changed since it was labeled: refused, naming the shard, until it is labeled again
-    fmt.write_shard(generated_table(episodes=9, subtasks="1-3").slice(3, 3), first)
+    # (episodes 6-8: ids 3-5 are in the other shard, and ids duplicated across shards are quarantined)
+    fmt.write_shard(generated_table(episodes=9, subtasks="1-3").slice(6, 3), first)
     with pytest.raises(JoinError, match=rf"different version of raw shard {name}"):
         Source(src, [out]).read(first)
     assert main(["inspect", src, "--labels", out]) == 1  # inspect reports it as a validation error

@@ -85,9 +85,9 @@ def test_local_oracle_labels_every_episode_once_and_rerun_does_nothing(ray_clust
         p: (tmp_path / "labeled" / storage.basename(p)).stat().st_mtime_ns for p in fmt.list_shards(out)
     }
 
-    # a changed input shard is labeled again, alone
+    # a changed input shard is labeled again, alone (with ids no other shard holds: duplicates are quarantined)
     fmt.write_shard(
-        generated_table(episodes=9, subtasks="1-3").slice(0, 2), storage.join(src, "shard-00001.parquet")
+        generated_table(episodes=12, subtasks="1-3").slice(9, 2), storage.join(src, "shard-00001.parquet")
     )
     assert label(src, out, "--engine", "oracle") == 0
     s = summary_of(out)

@@ -25,4 +25,8 @@ def main(cfg: Config) -> int:
     except FileNotFoundError as exc:
         raise UsageError(str(exc)) from None
     print(json.dumps(summary, indent=2) if i.json else render(summary))
+    if summary["unreadable"]:  # train, export and label-report would refuse the dataset: the same code, 2
+        raise UsageError(
+            f"{summary['unreadable'][0]} (fix or remove the shard; {len(summary['unreadable'])} unreadable)"
+        )
     return 1 if summary["validation_errors"] else 0

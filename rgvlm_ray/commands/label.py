@@ -1,4 +1,4 @@
-"""`rgvlm label` (and `rgvlm label --status`)."""
+"""`rgvlm label` (and `rgvlm label --status`, `rgvlm label --prune`)."""
 
 from __future__ import annotations
 
@@ -6,19 +6,28 @@ import json
 
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.labeling import job, status
-from rgvlm_ray.labeling.plan import input_shards
-from rgvlm_ray.labelstore.layout import relative_name
+from rgvlm_ray.labeling import exits, job, orphans, status
+from rgvlm_ray.labeling.plan import inventory, with_canonical_roots
 
 
 def main(cfg: Config) -> int:
     require(cfg, "label.in_path", "label.out_path")
+    cfg = with_canonical_roots(cfg)
     lc = cfg.label
-    if lc.status:
-        names = [relative_name(lc.in_path, p) for p in input_shards(lc.in_path, cfg.storage)]
-        summary, text = status.report(names, lc.in_path, lc.out_path, cfg.storage)
+    if lc.status or lc.prune:
+        shards, records = inventory(lc.in_path, lc.out_path, cfg.storage)
+        if lc.prune:
+            found = orphans.find([name for name, _, _ in shards], lc.out_path, cfg.storage)
+            removed = orphans.prune(found, cfg.storage)
+            print(f"{lc.out_path}: removed {removed} path(s) left by raw shards that no longer exist")
+            if not lc.status:
+                return exits.OK
+            records = {n: r for n, r in records.items() if n in {name for name, _, _ in shards}}
+        summary, text = status.report(
+            {name: identity for name, _, identity in shards}, records, lc.in_path, lc.out_path, cfg.storage
+        )
         print(text)
-        return job.EXIT_OK if not summary["to_do"] else job.EXIT_INCOMPLETE
+        return status.exit_code(summary["by_state"], lc.allow_quarantine)
     summary = job.run(cfg)
     print(json.dumps(summary, indent=2))
     return job.exit_code(summary, lc.allow_quarantine)

@@ -131,8 +131,9 @@ def labelers_present(schema: pa.Schema | Iterable[str]) -> list[str]:
     return fixed + _noisy_labelers(names, ("reward",))
 
 
-class FormatError(ValueError):
-    """Input that does not follow docs/format.md."""
+class FormatError(UsageError):
+    """Input that does not follow docs/format.md. A UsageError: the user must fix or remove the shard, and the
+    CLI says which and why in one line (exit 2)."""
 
 
 @dataclass(frozen=True)
@@ -216,7 +217,9 @@ def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] |
     except FileNotFoundError:
         raise
     except Exception as exc:  # pyarrow raises several types for corrupt files
-        raise FormatError(f"{storage.basename(path)}: cannot read Parquet: {exc}") from exc
+        if storage.fault(exc, path, cfg) is not None:  # the storage failed, not the shard
+            raise
+        raise unreadable(path, exc) from exc
     version = (table.schema.metadata or {}).get(SCHEMA_VERSION_KEY)
     if version is not None and version.decode() != SCHEMA_VERSION:
         raise FormatError(
@@ -226,11 +229,24 @@ def read_shard(path: str, cfg: StorageConfig | None = None, columns: list[str] |
     return table
 
 
+def unreadable(path: str, exc: Exception) -> FormatError:
+    """The shard and pyarrow's reason, on one line (pyarrow's messages can run over several)."""
+    why = " ".join(str(exc).split()) or type(exc).__name__
+    return FormatError(f"{path}: cannot read Parquet: {why}")
+
+
 def read_schema(path: str, cfg: StorageConfig | None = None) -> pa.Schema:
     """A shard's schema from its footer, without reading the data."""
     fs, p = storage.get_fs(path, cfg)
-    with fs.open(p, "rb") as f:
-        return pq.read_schema(f)
+    try:
+        with fs.open(p, "rb") as f:
+            return pq.read_schema(f)
+    except FileNotFoundError:
+        raise
+    except Exception as exc:  # as read_shard: a corrupt footer is the shard's fault, named
+        if storage.fault(exc, path, cfg) is not None:
+            raise
+        raise unreadable(path, exc) from exc
 
 
 def list_shards(path: str, cfg: StorageConfig | None = None) -> list[str]:

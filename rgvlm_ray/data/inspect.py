@@ -108,7 +108,9 @@ def summarize(
             acc[1] += total
 
     join_errors: list[str] = []
-    issues = [str(i) for i in fmt.validate(path, cfg, decode, on_table=add)] + join_errors
+    found = fmt.validate(path, cfg, decode, on_table=add)
+    issues = [str(i) for i in found] + join_errors
+    unreadable = [str(i) for i in found if i.message.startswith("cannot read Parquet")]
     nbytes = 0
     for shard in shards:
         fs, p = storage.get_fs(shard, cfg)
@@ -131,6 +133,7 @@ def summarize(
         "label_sets": list(label_sets or []),
         "behaviour": behaviour.result(),
         "validation_errors": issues,
+        "unreadable": unreadable,  # shards no reader can use: the command exits 2 (docs/format.md)
     }
 
 

@@ -44,6 +44,7 @@ class LabelActor:
         run_id: str,
         storage_cfg: StorageConfig,
     ) -> None:
+        chaos.install(label_cfg.chaos)
         self.labeler = chaos.wrap(build_labeler(engine_cfg, labeler_cfg), label_cfg.chaos)
         self.timeout_s = label_cfg.batch_timeout_s
         self.out, self.names, self.run_id, self.storage = label_cfg.out_path, names, run_id, storage_cfg

@@ -11,15 +11,18 @@
    one label shard, atomically, and writes the shard's record; the driver then releases its lease. The driver
    only counts: its memory does not grow with the episodes. A crash loses at most the shards in flight.
 
-Exit codes: 0 every input shard is labeled (or quarantined, with --allow-quarantine); 1 a shard failed, was
-quarantined, or the balance check failed; 2 bad usage; 3 incomplete: some shards are leased by another live run
-or hit transient engine errors, so a rerun has work to do (`rgvlm label --status` shows which).
+Exit codes (exits.py), over the whole label set, not one run: 0 every input shard is labeled (or quarantined,
+with --allow-quarantine); 1 a shard failed or is quarantined, or the balance check failed; 2 bad usage; 3
+incomplete: some shards are leased by another live run or hit transient engine errors, so a rerun has work to do
+(`rgvlm label --status` shows which); 4 the storage failed (the run frees its leases and stops).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import re
 import time
 import warnings
 from collections import Counter, defaultdict
@@ -27,17 +30,27 @@ from collections import Counter, defaultdict
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
+from rgvlm_ray.labeling import chaos, exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import LabelActor, stripped
 from rgvlm_ray.labeling.leases import Heartbeat
-from rgvlm_ray.labeling.plan import RunState, ShardPlan, check_shard, input_shards, plan
+from rgvlm_ray.labeling.plan import (
+    RunState,
+    ShardPlan,
+    check_shard,
+    cross_shard_duplicates,
+    input_shards,
+    plan,
+    shard_ids,
+    with_canonical_roots,
+)
 from rgvlm_ray.labeling.writers import finalize
+from rgvlm_ray.labelstore import layout
 
 log = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = 0, 1, 3
+EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = exits.OK, exits.FAILED, exits.INCOMPLETE
 
 
 def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object) -> mf.ShardRecord:
@@ -55,36 +68,82 @@ def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object)
     )
 
 
+def storage_fault(state: RunState, exc: BaseException, path: str) -> bool:
+    """Note a storage fault (the run then ends with exit 4, after freeing its leases); False if `exc` is not one."""
+    fault = storage.fault(exc, path, state.cfg.storage)
+    if fault is None:
+        return False
+    log.debug("storage fault at %s", path, exc_info=exc)  # the traceback, for the log only
+    state.faults.append(fault)
+    return True
+
+
+def input_vanished(exc: BaseException) -> str:
+    """One line if `exc` says a raw shard disappeared under the run (deleted or replaced mid-run), else "".
+    Ray Data hands a read task's error on as text, so the text is searched too."""
+    for e in storage.chain(exc):
+        if isinstance(e, FileNotFoundError):
+            return f"an input shard disappeared during the run: {mf.reason(e)}"
+        if "RayTaskError" in type(e).__name__ or "UserCodeException" in type(e).__name__:
+            found = re.findall(r"(?:FileNotFoundError|No such file or directory)[^\n]*", str(e))
+            if found:
+                return f"an input shard disappeared during the run: {mf.reason(found[-1])}"
+    return ""
+
+
 def settle(state: RunState, record: mf.ShardRecord) -> None:
-    """A shard's record is written: keep it and free the shard's lease."""
+    """A shard's record is written (or cannot be): keep it and free the shard's lease."""
     state.records[record.shard] = record
     lease = state.leases.pop(record.shard, None)
-    if lease is not None:
+    if lease is None or state.storage_down:
+        return
+    try:
         lease.release()
+    except Exception as exc:  # storage down: the lease expires after lease_ttl_s (at once for reruns here)
+        if not storage_fault(state, exc, lease.path):
+            raise
 
 
 def finish(state: RunState, shard: ShardPlan, status: str, **fields: object) -> None:
-    """Record a shard that no writer recorded (quarantined, failed) and free its lease."""
+    """Record a shard that no writer recorded (quarantined, failed) and free its lease, even if the record
+    cannot be written (a full disk): a shard without a record is simply labeled again by the next run."""
     now = time.time()
+    if "error" in fields:
+        fields["error"] = mf.reason(str(fields["error"]))
     record = new_record(state, shard, status, started=fields.pop("started", now), finished=now, **fields)
-    mf.write_record(state.out, record, state.cfg.storage)
+    try:
+        if not state.storage_down:
+            mf.write_record(state.out, record, state.cfg.storage)
+    except Exception as exc:
+        if not storage_fault(state, exc, mf.record_path(state.out, shard.name)):
+            raise
     settle(state, record)
 
 
 def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[ShardPlan]:
     import ray
 
-    task = ray.remote(num_cpus=state.cfg.label.num_cpus_per_check)(check_shard)
-    results = ray.get([task.remote(s.path, state.cfg.storage) for s in shards])
+    lc, sc = state.cfg.label, state.cfg.storage
+    task = ray.remote(num_cpus=lc.num_cpus_per_check)(check_shard)
+    results = ray.get([task.remote(s.path, sc) for s in shards])
+    # Episode ids must be unique across the dataset too: check the new shards against each other and against
+    # the shards already labeled (their ids: one column each, read by Ray tasks).
+    labeled = [n for n in state.skipped_current if state.records[n].status in mf.LABELED]
+    ids_task = ray.remote(num_cpus=lc.num_cpus_per_check)(shard_ids)
+    labeled_ids = ray.get([ids_task.remote(storage.join(lc.in_path, n), sc) for n in labeled])
+    ids = dict(zip(labeled, labeled_ids, strict=True))
+    ids.update({s.name: r["ids"] for s, r in zip(shards, results, strict=True) if r["ok"]})
+    duplicates = cross_shard_duplicates(ids, set(labeled))
     good = []
     for shard, res in zip(shards, results, strict=True):
         shard.rows_in = res["rows"]
         shard.actions = res.get("actions", "")
-        if res["ok"]:
+        error = res["error"] or duplicates.get(shard.name, "")
+        if res["ok"] and not error:
             good.append(shard)
         else:
-            log.warning("quarantined %s: %s", shard.name, res["error"])
-            finish(state, shard, mf.QUARANTINED, error=res["error"])
+            log.warning("quarantined %s: %s", shard.name, error)
+            finish(state, shard, mf.QUARANTINED, error=error)
     return good
 
 
@@ -159,7 +218,15 @@ class Writers:
                 try:
                     record = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
-                    finish(self.state, shard, mf.FAILED, error=f"writing the label shard failed: {exc}")
+                    if not storage_fault(self.state, exc, layout.shard_path(self.state.out, shard.name)):
+                        log.warning("writing the label shard of %s failed: %s", shard.name, mf.reason(exc))
+                        log.debug("the writer's traceback:\n%s", exc)  # with -v
+                    finish(
+                        self.state,
+                        shard,
+                        mf.FAILED,
+                        error=f"writing the label shard failed: {mf.reason(exc)}",
+                    )
                     continue
                 self.landed(record)
             if not wait_all:
@@ -255,36 +322,48 @@ def check_inputs(cfg: Config) -> None:
     """Refuse up front what would fail on every episode: the oracles need generator-only `progress`."""
     if cfg.engine.kind not in ("oracle", "noisy_oracle"):
         return
-    shards = input_shards(cfg.label.in_path, cfg.storage)
-    if shards:
+    for shard in input_shards(cfg.label.in_path, cfg.storage):
+        try:
+            schema = fmt.read_schema(shard, cfg.storage)
+        except fmt.FormatError:  # an unreadable shard is quarantined by the run, not refused here
+            continue
         fmt.require_columns(
-            fmt.read_schema(shards[0], cfg.storage),
+            schema,
             ["progress"],
             f"--engine {cfg.engine.kind}",
             "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
         )
+        return
 
 
 def run(cfg: Config) -> dict:
     """Label what needs labeling; returns the summary (also written to OUT/summary.json)."""
     from rgvlm_ray.ray_utils import init_ray
 
+    cfg = with_canonical_roots(cfg)
     lc = cfg.label
-    if storage.join(lc.in_path, "") == storage.join(lc.out_path, ""):
-        raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
     check_config(cfg.engine, cfg.labeler)
     check_inputs(cfg)
     state = RunState(
         cfg, labeler_name(cfg.engine.kind, cfg.labeler), labeler_fingerprint(cfg.engine, cfg.labeler)
     )
+    chaos.install(lc.chaos)
     start = time.perf_counter()
-    todo = plan(state)
+    try:
+        todo = plan(state)
+    except Exception as exc:
+        release_all(state)  # a fault midway through planning: free what was leased so far
+        fault = storage.fault(exc, state.out, cfg.storage)
+        if fault is None:
+            raise
+        raise fault from None
     log.info(
         "%d shard(s) to label, %d current, %d leased by another run",
         len(todo),
         len(state.skipped_current),
         len(state.skipped_leased),
     )
+    stopped = "the run stopped before this shard was written"
     if todo:
         init_ray(cfg.ray)
         with Heartbeat(state.leases, lc.lease_ttl_s):
@@ -292,20 +371,44 @@ def run(cfg: Config) -> dict:
                 good = quarantine_bad_shards(state, todo)
                 if good:
                     label_shards(state, good)
+            except Exception as exc:
+                vanished = "" if storage_fault(state, exc, state.out) else input_vanished(exc)
+                # The shards not written are then recorded failed (exit 1); a rerun sees the new input.
+                if vanished:
+                    log.warning("%s", vanished)
+                    log.debug("the run stopped", exc_info=exc)
+                    stopped = f"the run stopped before this shard was written: {vanished}"
+                elif not state.faults:
+                    raise
             finally:
                 # Leases still held mean the run broke: leave a record and free the shard (finish releases).
                 by_name = {s.name: s for s in todo}
                 for name in list(state.leases):
-                    finish(
-                        state, by_name[name], mf.FAILED, error="the run stopped before this shard was written"
-                    )
+                    finish(state, by_name[name], mf.FAILED, error=stopped)
+    if state.faults:
+        # One line for the user (the CLI prints it, exit 4): records and leases are settled as far as the storage
+        # allowed, tracebacks are in the log; _manifest.json and summary.json keep the last good run's.
+        raise state.faults[0]
     summary = summarize(state, time.perf_counter() - start)
-    records = mf.load_records(state.out, cfg.storage)
-    summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
-    mf.write_manifest(state.out, records, cfg.storage, summary["status"])
-    with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
-        f.write(json.dumps(summary, indent=2).encode())
+    try:
+        records = mf.load_records(state.out, cfg.storage)
+        summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
+        mf.write_manifest(state.out, records, cfg.storage, summary["status"])
+        with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
+            f.write(json.dumps(summary, indent=2).encode())
+    except Exception as exc:
+        fault = storage.fault(exc, state.out, cfg.storage)
+        if fault is None:
+            raise
+        raise fault from None
     return summary
+
+
+def release_all(state: RunState) -> None:
+    """Free every lease this run holds, best effort (the storage may be what failed)."""
+    for name in list(state.leases):
+        with contextlib.suppress(Exception):
+            state.leases.pop(name).release()
 
 
 def exit_code(summary: dict, allow_quarantine: bool) -> int:
@@ -328,17 +431,22 @@ def exit_code(summary: dict, allow_quarantine: bool) -> int:
     if shards["failed"]:
         print(f"failed shards (rerun to retry): {', '.join(shards['failed'])}")
         return EXIT_FAILED
-    if shards["quarantined"] and not allow_quarantine:
+    # The rest describes the whole label set, not this run: a shard quarantined by an earlier run is still there.
+    whole = summary["status"]
+    quarantined = whole.get("quarantined", shards["quarantined"])
+    if quarantined and not allow_quarantine:
         manifest = storage.join(summary["out"], "_manifest.json")
-        print(f"quarantined shards (see {manifest}): {', '.join(shards['quarantined'])}")
+        print(f"quarantined shards (see {manifest}): {', '.join(quarantined)}")
         print("exiting non-zero; pass --allow-quarantine to accept them")
         return EXIT_FAILED
-    incomplete = shards["skipped_leased_by_other_run"] + shards["with_engine_errors"]
-    if incomplete:
+    code = st.exit_code(whole["by_state"], allow_quarantine)
+    if code == EXIT_FAILED:
+        print(f"shards that need a look (`rgvlm label --status` says why): {', '.join(whole['to_do'])}")
+        return code
+    if code == EXIT_INCOMPLETE:
         print(
             f"INCOMPLETE (exit {EXIT_INCOMPLETE}): {len(shards['skipped_leased_by_other_run'])} shard(s) leased by "
-            f"another run, {len(shards['with_engine_errors'])} with engine errors: rerun to finish them "
-            "(`rgvlm label --status` lists every shard)"
+            f"another run, {len(shards['with_engine_errors'])} with engine errors, "
+            f"{len(whole['to_do'])} in all not done: rerun to finish them (`rgvlm label --status` lists every shard)"
         )
-        return EXIT_INCOMPLETE
-    return EXIT_OK
+    return code

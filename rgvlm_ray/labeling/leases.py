@@ -90,12 +90,26 @@ class Lease:
         except ValueError:  # torn or foreign file: treat as expired
             return {"run_id": "?", "expires": 0}
 
+    def is_live(self, holder: dict | None) -> bool:
+        """A lease file is held while its run renews it and, on this host, while its process exists."""
+        return holder is not None and holder.get("expires", 0) > time.time() and not holder_is_dead(holder)
+
+    def clear_if_dead(self) -> bool:
+        """Remove a lease whose run is gone (a driver killed after its shard landed, before it let go), so no
+        lease outlives the shard it guarded. True if one was removed."""
+        holder = self.holder()
+        if holder is None or self.is_live(holder):
+            return False
+        fs, p = storage.get_fs(self.path, self.cfg)
+        with contextlib.suppress(FileNotFoundError):
+            fs.rm_file(p)
+        return True
+
     def acquire(self) -> bool:
         """True if this run now holds the lease. An expired lease (its run died) is taken over."""
         if _create_exclusive(self.path, self._body(), self.cfg):
             return True
-        current = self.holder()
-        if current is not None and current.get("expires", 0) > time.time() and not holder_is_dead(current):
+        if self.is_live(self.holder()):
             return False
         fs, p = storage.get_fs(self.path, self.cfg)
         fs.rm_file(p)
@@ -108,7 +122,8 @@ class Lease:
 
     def renew(self) -> None:
         with self._lock:
-            if self.released:
+            # Released here, or by the shard's writer once its record landed: never bring it back.
+            if self.released or (self.holder() or {}).get("run_id") != self.run_id:
                 return
             with storage.atomic_open(self.path, self.cfg) as f:
                 f.write(self._body())

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -24,6 +25,23 @@ QUARANTINED = "quarantined"  # unreadable or invalid input: recorded, skipped un
 FAILED = "failed"  # the run broke before the shard was written
 FINAL = (DONE, DONE_BAD_INPUT, QUARANTINED)
 LABELED = (DONE, DONE_WITH_ERRORS, DONE_BAD_INPUT)
+
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")  # colour codes Ray puts in task tracebacks
+
+
+def reason(error: BaseException | str, limit: int = 500) -> str:
+    """One line for a record and a terminal: a Ray task error's own cause (not Ray's wrapping traceback),
+    without colour codes. The full traceback belongs in the log, not in the record."""
+    if isinstance(error, BaseException):
+        cause = getattr(error, "cause", None)  # ray.exceptions.RayTaskError carries the task's exception
+        error = cause if isinstance(cause, BaseException) else error
+        text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    else:
+        text = error
+    lines = [x.strip() for x in ANSI.sub("", text).splitlines() if x.strip()]
+    line = lines[0] if lines else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @dataclass
@@ -51,7 +69,7 @@ class ShardRecord:
         return self.identity == identity and self.fingerprint == fingerprint and self.status in final
 
 
-def _record_path(out: str, shard: str) -> str:
+def record_path(out: str, shard: str) -> str:
     return storage.join(out, "_manifest", flat_name(shard) + ".json")
 
 
@@ -68,7 +86,7 @@ def load_records(out: str, cfg: StorageConfig) -> dict[str, ShardRecord]:
 
 
 def write_record(out: str, record: ShardRecord, cfg: StorageConfig) -> None:
-    with storage.atomic_open(_record_path(out, record.shard), cfg) as f:
+    with storage.atomic_open(record_path(out, record.shard), cfg) as f:
         f.write(json.dumps(asdict(record), indent=2).encode())
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import action_space
-from rgvlm_ray.errors import UsageError
+from rgvlm_ray.errors import StorageError, UsageError
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease, new_run_id
 from rgvlm_ray.labelstore import layout
+from rgvlm_ray.labelstore.join import label_shard_problem
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +44,34 @@ class RunState:
     totals: Counter = field(default_factory=Counter)
     step_status: Counter = field(default_factory=Counter)
     episode_status: Counter = field(default_factory=Counter)
+    faults: list[StorageError] = field(default_factory=list)  # storage faults met: the run ends with exit 4
 
     @property
     def out(self) -> str:
         return self.cfg.label.out_path
+
+    @property
+    def storage_down(self) -> bool:
+        """S3 is unreachable or failing after retries: writing records or freeing leases would only wait out the
+        same retries (minutes per call), so the run stops trying; its leases expire after lease_ttl_s."""
+        return any(f.storage_down for f in self.faults)
+
+
+def with_canonical_roots(cfg: Config) -> Config:
+    """`cfg` with --in and --out in their one canonical spelling (storage.canonical): a relative or symlinked
+    spelling then names the same shards, the same label shards and records, on the driver and on every worker.
+    Refuses an --out that is, holds or lies inside --in: its label shards would be listed as raw shards."""
+    lc = cfg.label
+    in_path, out_path = storage.canonical(lc.in_path), storage.canonical(lc.out_path)
+    if in_path == out_path:
+        raise UsageError("--out must differ from --in: a label set is written beside the raw dataset")
+    for inner, outer in ((out_path, in_path), (in_path, out_path)):
+        if inner.startswith(outer.rstrip("/") + "/"):
+            raise UsageError(
+                f"--out {lc.out_path} and --in {lc.in_path} are nested: write the label set beside the raw "
+                "dataset (e.g. data/raw and data/labels-NAME), never inside it or around it"
+            )
+    return replace(cfg, label=replace(lc, in_path=in_path, out_path=out_path))
 
 
 def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
@@ -61,35 +86,72 @@ def input_shards(in_path: str, cfg: StorageConfig) -> list[str]:
     return paths
 
 
-def output_intact(record: mf.ShardRecord, cfg: StorageConfig) -> bool:
-    """A finished record's label shard is still there, whole (a truncated or deleted one is relabeled)."""
+def output_intact(state: RunState, record: mf.ShardRecord) -> bool:
+    """A finished record's label shard is still there, whole and readable, as a reader would check it (a
+    truncated, deleted or damaged one is labeled again). It is looked for under this --out, not at the recorded
+    path: a label set may have been moved or copied."""
     if record.status == mf.QUARANTINED:
         return True
-    fs, p = storage.get_fs(record.output, cfg)
-    try:
-        return bool(record.output) and int(fs.info(p)["size"]) == record.bytes_out
-    except FileNotFoundError:
-        return False
+    lc, sc = state.cfg.label, state.cfg.storage
+    problem = label_shard_problem(
+        state.out, record.shard, record.identity, lc.in_path, sc, record.bytes_out, record.rows_out
+    )
+    if problem is not None:
+        log.warning("%s: %s (%s); labeling it again", record.shard, problem[0].replace("_", " "), problem[1])
+    return problem is None
+
+
+def record_root(record: mf.ShardRecord) -> str:
+    """The raw dataset a record's shard came from."""
+    return record.input[: -len(record.shard)].rstrip("/") if record.input.endswith(record.shard) else ""
+
+
+def refuse_other_dataset(
+    in_path: str, out: str, records: dict[str, mf.ShardRecord], identities: set[str]
+) -> None:
+    """Never label (or prune) one dataset into another's label set: that would overwrite its labels. A label set
+    belongs to --in when its records name --in as their root, or share shard contents with it (a moved copy)."""
+    if not records or any(record_root(r) == in_path for r in records.values()):
+        return
+    if any(r.identity in identities for r in records.values()):
+        return
+    roots = sorted({record_root(r) or r.input for r in records.values()})
+    raise UsageError(
+        f"--out {out} holds the labels of another dataset ({', '.join(roots[:3])}), not of --in {in_path}: "
+        f"label it into a new label set, `rgvlm label --in {in_path} --out NEW_LABELS`; {out} stays as it is"
+    )
+
+
+def inventory(lc_in: str, out: str, sc: StorageConfig) -> tuple[list[tuple[str, str, str]], dict]:
+    """(name, path, content identity) of every input shard, and the label set's records, after checking that
+    the label set belongs to this dataset."""
+    shards = [
+        (layout.relative_name(lc_in, p), p, storage.content_identity(p, sc)) for p in input_shards(lc_in, sc)
+    ]
+    records = mf.load_records(out, sc)
+    refuse_other_dataset(lc_in, out, records, {identity for _, _, identity in shards})
+    return shards, records
 
 
 def plan(state: RunState) -> list[ShardPlan]:
     lc, sc = state.cfg.label, state.cfg.storage
-    paths = input_shards(lc.in_path, sc)
-    state.records = mf.load_records(state.out, sc)
+    shards, state.records = inventory(lc.in_path, state.out, sc)
     todo = []
-    for path in paths:
-        name = layout.relative_name(lc.in_path, path)
+    for name, path, identity in shards:
         state.inputs.append(name)
-        identity = storage.content_identity(path, sc)
         record = state.records.get(name)
-        current = record is not None and record.is_current(identity, state.fingerprint, lc.retry_errors)
-        if current and not output_intact(record, sc):  # type: ignore[arg-type]
-            log.warning("%s: its label shard is missing or damaged; labeling it again", name)
-            current = False
-        if current and not lc.force:
+        current = (
+            record is not None
+            and not lc.force
+            and record.is_current(identity, state.fingerprint, lc.retry_errors)
+            and not record.error.startswith(DUPLICATE)  # the other shard may have changed
+            and output_intact(state, record)
+        )
+        lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
+        if current:
+            lease.clear_if_dead()
             state.skipped_current.append(name)
             continue
-        lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
         if not lease.acquire():
             state.skipped_leased.append(name)
             continue
@@ -103,6 +165,8 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
     try:
         table = fmt.read_shard(path, cfg)
     except Exception as exc:
+        if storage.fault(exc, path, cfg) is not None:  # the storage failed, not the shard: never quarantine
+            raise
         return {"ok": False, "rows": None, "error": str(exc)}
     issues = fmt.validate_table(table, storage.basename(path))
     ids = table.column("episode_id").to_pylist() if "episode_id" in table.column_names else []
@@ -112,4 +176,34 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
             f"; ... {len(issues) - 5} more" if len(issues) > 5 else ""
         )
         return {"ok": False, "rows": table.num_rows, "error": f"invalid: {shown}"}
-    return {"ok": True, "rows": table.num_rows, "error": "", "actions": action_space(table.schema).to_json()}
+    actions = action_space(table.schema).to_json()
+    return {"ok": True, "rows": table.num_rows, "error": "", "actions": actions, "ids": ids}
+
+
+def shard_ids(path: str, cfg: StorageConfig) -> list[str]:
+    """A labeled shard's episode ids (runs as a Ray task: one column read), to check new shards against."""
+    try:
+        return fmt.read_shard(path, cfg, columns=["episode_id"]).column("episode_id").to_pylist()
+    except (FileNotFoundError, fmt.FormatError):  # gone or unreadable since: nothing to collide with
+        return []
+
+
+DUPLICATE = "duplicate episode ids"  # a quarantine that depends on other shards: checked again every run
+
+
+def cross_shard_duplicates(ids: dict[str, list[str]], labeled: set[str]) -> dict[str, str]:
+    """Shards to quarantine, with why: those holding an episode id that a shard before them holds too. Shards
+    already labeled (`labeled`) come first, so a new shard never takes an id from a labeled one; the rest go in
+    input order. Readers join by shard and id, and train would see such an episode twice."""
+    owner: dict[str, str] = {}
+    bad: dict[str, str] = {}
+    for name in sorted(ids, key=lambda n: (n not in labeled, n)):
+        clashes = [(ep, owner[ep]) for ep in ids[name] if ep in owner]
+        if clashes:
+            ep, other = clashes[0]
+            bad[name] = (
+                f"{DUPLICATE}: {len(clashes)} also in {other} (e.g. {ep!r}); remove them from one shard"
+            )
+            continue  # a quarantined shard owns none of its ids
+        owner.update(dict.fromkeys(ids[name], name))
+    return bad

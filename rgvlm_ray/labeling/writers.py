@@ -7,6 +7,7 @@ checks them against the raw shard's episode ids, writes the label shard atomical
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -20,6 +21,7 @@ from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling import manifest as mf
+from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore import layout
 
 
@@ -34,6 +36,7 @@ def finalize(
 ):
     """Gather `parts` into the label shard `out/<shard>`, then write its manifest record (runs as a Ray task, so
     a shard and its record land together even if the driver dies). Returns the record."""
+    chaos.install(chaos_spec)
     labeler = record.labeler
     ids = fmt.read_shard(record.input, cfg, columns=["episode_id"]).column("episode_id")
     schema = pa.schema([pa.field("episode_id", pa.string()), *fmt.label_schema(labeler)])
@@ -45,7 +48,15 @@ def finalize(
             f"{record.shard}: {index.null_count} of {len(ids)} episodes have no labels in {parts}"
         )
     table = labels.take(index)
-    meta = layout.LabelMeta(record.shard, record.identity, labeler, record.fingerprint, table.num_rows)
+    root = record.input[: -len(record.shard)].rstrip("/") if record.input.endswith(record.shard) else ""
+    meta = layout.LabelMeta(
+        record.shard,
+        record.identity,
+        labeler,
+        record.fingerprint,
+        table.num_rows,
+        root and layout.root_id(root),
+    )
     data = layout.label_shard_bytes(table, meta)
     path = layout.shard_path(out, record.shard)
     with storage.atomic_open(path, cfg) as f:
@@ -64,10 +75,23 @@ def finalize(
         finished=time.time(),
         stats=stats,
     )
-    mf.write_record(out, record, cfg)
-    fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
-    if fs.exists(prefix):
-        fs.rm(prefix, recursive=True)
+    chaos.after_label_shard(chaos_spec)
+    try:
+        mf.write_record(out, record, cfg)
+    except BaseException:
+        # No label shard without its record (disk full, S3 gone): take it back, best effort, and fail the shard.
+        with contextlib.suppress(Exception):
+            fs, p = storage.get_fs(path, cfg)
+            fs.rm_file(p)
+        raise
+    # The shard is done; parts left by a failing delete are cleared by the next write or `rgvlm label --prune`.
+    with contextlib.suppress(Exception):
+        fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
+        if fs.exists(prefix):
+            fs.rm(prefix, recursive=True)
+    # Its lease goes with it, here rather than only in the driver: a driver killed now leaves no lease behind.
+    with contextlib.suppress(Exception):
+        Lease(out, record.shard, record.run_id, 0, cfg).release()
     return record
 
 

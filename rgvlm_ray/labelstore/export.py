@@ -29,14 +29,16 @@ def export(cfg: Config) -> dict:
     e = cfg.export
     if not e.in_path or not e.out:
         raise UsageError("export needs --in RAW and --out JOINED")
-    if storage.join(e.in_path, "") == storage.join(e.out, ""):
+    # Written by Ray tasks, whose working directory is not the user's: one absolute, canonical spelling.
+    out = storage.canonical(e.out)
+    if storage.canonical(e.in_path) == out:
         raise UsageError("--out must differ from --in")
     source = Source(e.in_path, list(e.labels), cfg.storage)
     shards = source.shards()
-    fmt.refuse_existing(e.out, e.overwrite, cfg.storage)
+    fmt.refuse_existing(out, e.overwrite, cfg.storage)
     init_ray(cfg.ray)
     task = ray.remote(num_cpus=0.5)(export_shard)
-    written = ray.get([task.remote(source, shard, e.out) for shard in shards])
+    written = ray.get([task.remote(source, shard, out) for shard in shards])
     return {
         "in": e.in_path,
         "labels": list(e.labels),

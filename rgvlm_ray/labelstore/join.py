@@ -32,6 +32,11 @@ class Source:
     labels: list[str] = field(default_factory=list)  # label sets written by `rgvlm label`
     cfg: StorageConfig = field(default_factory=StorageConfig)
 
+    def __post_init__(self) -> None:
+        # Read on Ray workers, whose working directory is not the user's: one absolute, canonical spelling.
+        self.raw = storage.canonical(self.raw)
+        self.labels = [storage.canonical(p) for p in self.labels]
+
     def shards(self) -> list[str]:
         try:
             shards = fmt.list_shards(self.raw, self.cfg)
@@ -109,13 +114,47 @@ def read_label_shard(labels: str, name: str, identity: str, raw: str, cfg: Stora
     meta = layout.label_meta(table.schema)
     if meta is None:
         raise JoinError(f"{path} is not a label shard (no {layout.LABELS_KEY.decode()} metadata)")
+    if meta.raw_identity != identity and meta.raw_root and meta.raw_root != layout.root_id(raw):
+        # Relabeling in place would overwrite the labels of the dataset this label set belongs to.
+        raise JoinError(
+            f"label set {labels} was made from another dataset, not {raw}: label {raw} into a new label set, "
+            f"`rgvlm label --in {raw} --out NEW_LABELS`, and pass that as --labels"
+        )
     if meta.raw_identity != identity:
         raise JoinError(
             f"{path} was labeled from a different version of raw shard {name} "
-            f"(labeled {meta.raw_identity[:24]}, now {identity[:24]}): "
-            f"relabel with `rgvlm label --in {raw} --out {labels}`"
+            f"(labeled {meta.raw_identity[:24]}, now {identity[:24]}): if {raw} changed since, relabel it with "
+            f"`rgvlm label --in {raw} --out {labels}`; if {labels} was made from another dataset, label {raw} "
+            "into a new label set instead (`--out NEW_LABELS`)"
         )
     return table
+
+
+def label_shard_problem(
+    labels: str, name: str, identity: str, raw: str, cfg: StorageConfig, size: int = -1, rows: int = -1
+) -> tuple[str, str] | None:
+    """(state, reason) if a reader would refuse the label shard of raw shard `name`, else None.
+
+    The checks `read_label_shard` makes (there, readable, a label shard, made from this version of the raw shard:
+    `identity`), plus the size and row count its manifest record gives (`size`, `rows`; -1: unknown). States:
+    `label_missing` (deleted), `truncated` (shorter than written), `damaged` (anything else a reader refuses).
+    """
+    path = layout.shard_path(labels, name)
+    fs, p = storage.get_fs(path, cfg)
+    try:
+        actual = int(fs.info(p)["size"])
+    except FileNotFoundError:
+        return "label_missing", f"{path} is gone"
+    if size >= 0 and actual != size:
+        state = "truncated" if actual < size else "damaged"
+        return state, f"{path} holds {actual} bytes, {size} when it was written"
+    try:
+        table = read_label_shard(labels, name, identity, raw, cfg)
+    except JoinError as exc:
+        return "damaged", str(exc)
+    if rows >= 0 and table.num_rows != rows:
+        return "damaged", f"{path} holds {table.num_rows} episodes, {rows} when it was written"
+    return None
 
 
 def append_aligned(raw: pa.Table, labels: pa.Table, columns: list[str], where: str) -> pa.Table:

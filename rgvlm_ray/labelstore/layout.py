@@ -11,6 +11,7 @@ A label shard is written once, atomically, by a Ray worker, after every episode 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 
@@ -30,16 +31,39 @@ class LabelMeta:
     labeler: str  # the column prefix
     fingerprint: str
     episodes: int
+    # Which raw dataset (root_id of its canonical root): tells "another dataset" from "another version" of a
+    # shard. "" in label sets written before it existed.
+    raw_root: str = ""
+
+
+def root_id(root: str) -> str:
+    """A short, stable id of a dataset root (its canonical spelling): footers stay small."""
+    return hashlib.sha256(storage.canonical(root).encode()).hexdigest()[:16]
 
 
 def relative_name(root: str, path: str) -> str:
-    """A shard's path relative to its dataset root: the name its label shard and records carry."""
-    if path == root:
-        return storage.basename(path)
-    return path[len(root.rstrip("/")) + 1 :]
+    """A shard's path relative to its dataset root: the name its label shard and records carry.
+
+    `path` comes from `fmt.list_shards(root)`, which lists under `storage.get_fs(root)`'s form of the root (an
+    absolute local path, or the bucket/key without the scheme: `storage.fs_path`). The root is put in that same form here, so a
+    relative, `./`, trailing-slash or `..` spelling of it cannot shift the cut. A name is never absolute and never
+    climbs out with `..`: it is joined under the label set, and must stay there.
+    """
+    base, full = storage.fs_path(root), storage.fs_path(path)
+    if full == base:
+        return storage.basename(full)
+    prefix = base.rstrip("/") + "/"
+    name = full[len(prefix) :] if full.startswith(prefix) else ""
+    if not name or name.startswith("/") or ".." in name.split("/"):
+        raise ValueError(f"shard {path} does not lie under its dataset root {root}")
+    return name
 
 
 def shard_path(labels: str, name: str) -> str:
+    if name.startswith("/") or ".." in name.split(
+        "/"
+    ):  # a name from an older, buggy run: never escape LABELS
+        raise ValueError(f"bad shard name {name!r}: not a path relative to the dataset root")
     return storage.join(labels, name)
 
 
