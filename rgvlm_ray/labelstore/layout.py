@@ -60,9 +60,8 @@ def relative_name(root: str, path: str) -> str:
 
 
 def shard_path(labels: str, name: str) -> str:
-    if name.startswith("/") or ".." in name.split(
-        "/"
-    ):  # a name from an older, buggy run: never escape LABELS
+    # A name from an older, buggy run (or a hand-edited record) must never escape LABELS.
+    if name.startswith("/") or ".." in name.split("/"):
         raise ValueError(f"bad shard name {name!r}: not a path relative to the dataset root")
     return storage.join(labels, name)
 
