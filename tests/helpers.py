@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -44,17 +45,26 @@ def table_from_rows(rows_: list[dict]) -> pa.Table:
 REPO = Path(__file__).resolve().parents[1]
 
 
+def cli_env() -> dict[str, str]:
+    """The environment of an `rgvlm` process joined to the session's Ray cluster, importing this checkout."""
+    import ray
+
+    return {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
+
+
 def run_cli(cwd: str | Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`rgvlm ARGS` as a user runs it: its own process, in `cwd`, on the session's Ray cluster. What it prints
     is what a user sees (tracebacks included), and a crash cannot take the test process with it."""
-    import ray
-
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     return subprocess.run(
         [sys.executable, "-m", "rgvlm_ray.cli", *args],
         cwd=cwd,
-        env=env,
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def start_cli(*args: str, **popen: Any) -> subprocess.Popen:
+    """`rgvlm ARGS` started in the background on the session's Ray cluster (to kill or fault it mid-run)."""
+    return subprocess.Popen([sys.executable, "-m", "rgvlm_ray.cli", *args], env=cli_env(), **popen)

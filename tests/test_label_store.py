@@ -25,10 +25,8 @@ from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore import layout
 from rgvlm_ray.labelstore.join import JoinError, Source
 from tests.conftest import S3_BUCKET
-from tests.helpers import generated_table
+from tests.helpers import generated_table, start_cli
 from tests.test_pipeline_label import label, read_output, summary_of, write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def label_shards(out: str, cfg: StorageConfig | None = None) -> dict[str, pa.Table]:
@@ -226,17 +224,11 @@ def test_a_dead_local_runs_lease_is_taken_over_at_once(ray_cluster, tmp_path):
 
 
 def test_driver_killed_mid_run_then_rerun_loses_and_duplicates_nothing(ray_cluster, tmp_path):
-    import ray
-
     src, out = str(tmp_path / "raw"), str(tmp_path / "labels")
     ids = write_dataset(src, shards=4, per_shard=2, subtasks="1-2")
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     slow = ["--engine", "oracle", "label.chaos=slow:1.5", "label.episodes_per_batch=1", "--actors", "1"]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "rgvlm_ray.cli", "label", "--in", src, "--out", out, *slow],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    driver = start_cli(
+        "label", "--in", src, "--out", out, *slow, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     deadline = time.time() + 240
     while not list(Path(out, "_manifest").glob("*.json")):  # a label shard and its record have landed

@@ -20,7 +20,7 @@ from rgvlm_ray.labeling import exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease
 from rgvlm_ray.labelstore.join import JoinError, Source
-from tests.helpers import REPO, run_cli
+from tests.helpers import run_cli, start_cli
 from tests.test_pipeline_label import label, read_output, summary_of, write_dataset
 
 
@@ -128,18 +128,11 @@ def test_state_of_deleted_raw_shards_is_reported_and_pruned(ray_cluster, tmp_pat
 
 
 def test_a_raw_shard_deleted_mid_run_fails_in_one_line_and_prune_clears_it(ray_cluster, tmp_path):
-    import ray
-
     src, out = str(tmp_path / "raw"), str(tmp_path / "labels")
     ids = write_dataset(src, shards=4, per_shard=2, subtasks="1-2")
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address, "PYTHONPATH": str(REPO)}
     slow = ["--engine", "oracle", "label.chaos=slow:1", "label.episodes_per_batch=1", "--actors", "1"]
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "rgvlm_ray.cli", "label", "--in", src, "--out", out, *slow],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    driver = start_cli(
+        "label", "--in", src, "--out", out, *slow, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 240
     while not list(Path(out, "_parts").glob("*/*.parquet")):  # labeling has started
