@@ -130,7 +130,7 @@ def train_loop(config: dict[str, Any]) -> None:
             buffer.sample(cfg.iql.batch_size, spec.context, generator),
             cfg.iql,
         )
-        means.add(values)  # a host sync per step: ~1% of a CPU update, and the diagnostics need every batch
+        means.add(values)  # the diagnostics average every batch; no host sync until the report
         done_since += 1
         save = step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps
         if not (save or step % cfg.train.log_every == 0):

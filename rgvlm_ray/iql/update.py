@@ -249,14 +249,17 @@ def iql_update(
 
 class MetricMeans:
     """Means of the update metrics over the steps since the last report (one step's weights are noisy);
-    NaNs (reward_weight_ratio on a batch without a rewarded transition) are left out of their mean."""
+    NaNs (reward_weight_ratio on a batch without a rewarded transition) are left out of their mean. The sums
+    stay on the metrics' device, so adding a step costs no host sync; `pop` reads them once per report."""
 
     def __init__(self) -> None:
         self.total = torch.zeros(len(METRICS))
         self.count = torch.zeros(len(METRICS))
 
     def add(self, values: torch.Tensor) -> None:
-        values = values.detach().cpu()
+        values = values.detach()
+        if self.total.device != values.device:
+            self.total, self.count = self.total.to(values.device), self.count.to(values.device)
         seen = ~torch.isnan(values)
         self.total += torch.where(seen, values, 0.0)
         self.count += seen
