@@ -82,12 +82,16 @@ class ImportConfig:
     format: str = ""  # required: minari | lerobot
     source: str = ""  # required: Minari dataset id or folder; LeRobot dataset folder or s3:// prefix
     out: str = ""  # required: folder or s3:// prefix
-    goal: str = ""  # goal text for datasets that carry none (a Minari dataset without `mission`)
+    goal: str = (
+        ""  # goal text for episodes that carry none; the dataset's own missions win unless override_goal
+    )
+    override_goal: bool = False  # use `goal` for every episode, in place of the dataset's own missions
     camera: str = ""  # LeRobot video key, e.g. observation.images.top; empty: the dataset's only camera
     frame_stride: int = (
         1  # keep every Nth frame; the kept step's action is the first of its N (docs/import.md)
     )
     image_size: int = 0  # downscale frames whose longest side exceeds this before PNG-encoding; 0: keep
+    fps: float = 0.0  # LeRobot: the frame rate to use when meta/info.json's `fps` is wrong; 0: info.json's
     episodes_per_shard: int = 50  # Minari: episodes per Ray task and shard (LeRobot: one task per data file)
     num_cpus_per_task: float = 0.5
     overwrite: bool = False

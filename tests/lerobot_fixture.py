@@ -29,6 +29,14 @@ def action(g: int) -> list[float]:
     return [0.01 * g, -0.02 * g, float(g % 2)]
 
 
+def action_stats(actions: list[list[float]]) -> dict[str, list]:
+    """LeRobot's per-feature statistics (compute_stats), with the quantiles newer versions add."""
+    a = np.asarray(actions)
+    stats = {k: getattr(np, k)(a, axis=0).tolist() for k in ("min", "max", "mean", "std")}
+    stats |= {f"q{q:02d}": np.quantile(a, q / 100, axis=0).tolist() for q in (1, 50, 99)}
+    return stats | {"count": [len(a)]}
+
+
 def write_video(path: Path, frames: list[np.ndarray], codec: str) -> None:
     import av
 
@@ -45,8 +53,12 @@ def write_video(path: Path, frames: list[np.ndarray], codec: str) -> None:
         container.mux(stream.encode())
 
 
-def make_dataset(root: Path, drop_video: str = "", short_video: str = "") -> Path:
-    """drop_video / short_video: a camera whose file-001 video is deleted / loses its last two frames."""
+def make_dataset(
+    root: Path, drop_video: str = "", short_video: str = "", info_fps: float = FPS, timestamp_fps: float = FPS
+) -> Path:
+    """drop_video / short_video: a camera whose file-001 video is deleted / loses its last two frames.
+    info_fps: the fps meta/info.json declares; timestamp_fps: the rate the data's timestamps are written at (the
+    videos are always FPS)."""
     features = {
         "action": {"dtype": "float32", "shape": [3], "names": ACTION_NAMES},
         "observation.state": {"dtype": "float32", "shape": [2], "names": ["a", "b"]},
@@ -66,13 +78,16 @@ def make_dataset(root: Path, drop_video: str = "", short_video: str = "") -> Pat
         start = len(videos[file])
         for i in range(length):
             data[file].append(
-                {"action": action(g), "observation.state": [0.0, 1.0], "timestamp": i / FPS, "frame_index": i,
+                {"action": action(g), "observation.state": [0.0, 1.0], "timestamp": i / timestamp_fps, "frame_index": i,
                  "episode_index": ep, "index": g, "task_index": task, "next.reward": float(i == length - 1)}
             )  # fmt: skip
             videos[file].append(np.broadcast_to(colour(g), (SIZE, SIZE, 3)).copy())
             g += 1
         row = {"episode_index": ep, "tasks": [TASKS[task]], "length": length, "data/chunk_index": 0,
                "data/file_index": file, "dataset_from_index": g - length, "dataset_to_index": g}  # fmt: skip
+        row |= {
+            f"stats/action/{k}": v for k, v in action_stats([action(i) for i in range(g - length, g)]).items()
+        }
         for cam in CAMERAS:
             row |= {f"videos/{cam}/chunk_index": 0, f"videos/{cam}/file_index": file,
                     f"videos/{cam}/from_timestamp": start / FPS, f"videos/{cam}/to_timestamp": (start + length) / FPS}  # fmt: skip
@@ -89,11 +104,12 @@ def make_dataset(root: Path, drop_video: str = "", short_video: str = "") -> Pat
     pq.write_table(pa.Table.from_pylist(meta), root / "meta/episodes/chunk-000/file-000.parquet")
     pq.write_table(pa.table({"task_index": [0, 1], "task": TASKS}), root / "meta/tasks.parquet")
     info = {
-        "codebase_version": "v3.0", "robot_type": "test", "fps": FPS, "total_episodes": len(EPISODES),
+        "codebase_version": "v3.0", "robot_type": "test", "fps": info_fps, "total_episodes": len(EPISODES),
         "total_frames": g, "total_tasks": len(TASKS), "chunks_size": 1000, "splits": {"train": f"0:{len(EPISODES)}"},
         "data_path": "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet",
         "video_path": "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4", "features": features,
     }  # fmt: skip
     (root / "meta/info.json").write_text(json.dumps(info, indent=2))
-    (root / "meta/stats.json").write_text(json.dumps({"action": {"min": [0, -1, 0], "max": [1, 0, 1]}}))
+    stats = {"action": action_stats([action(i) for i in range(g)])}
+    (root / "meta/stats.json").write_text(json.dumps(stats))
     return root

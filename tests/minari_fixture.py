@@ -64,3 +64,34 @@ def reacher_dataset(dataset_id: str, episodes: int = 3) -> None:
             done = terminated or truncated
     env.create_dataset(dataset_id, algorithm_name="random", description="rgvlm-ray test fixture")
     env.close()
+
+
+BABYAI_ENV = "BabyAI-GoToLocal-v0"
+
+
+def babyai_dataset(dataset_id: str, data_format: str, episodes: int = 4, max_steps: int = 6) -> None:
+    """A stock BabyAI env made by id, so the dataset carries an `env_spec` that `recover_environment()` can make
+    (minigrid registers its ids on import, offline), with the optional metadata an export must keep."""
+    import minigrid  # noqa: F401 - registers the BabyAI-* ids
+    from minari import DataCollector
+
+    register_mission_space()
+    env = DataCollector(
+        gym.make(BABYAI_ENV, max_steps=max_steps), data_format=data_format, record_infos=False
+    )
+    rng = np.random.default_rng(2)
+    for i in range(episodes):
+        env.reset(seed=100 + i)
+        done = False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(int(rng.integers(6)))
+            done = terminated or truncated
+    env.create_dataset(
+        dataset_id,
+        algorithm_name="random",
+        description="rgvlm-ray test fixture",
+        author="rgvlm-ray tests",
+        code_permalink="https://example.org/rgvlm-ray/tests",
+        requirements=["minigrid>=3.0"],
+    )
+    env.close()

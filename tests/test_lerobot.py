@@ -63,6 +63,13 @@ def test_import_decodes_each_camera_at_the_data_timestamps(ray_cluster, dataset,
     skipped = summary(out)["skipped_episodes"]
     assert [e["episode"] for e in skipped] == ["episode 2 (data/chunk-000/file-001.parquet)"]
     assert skipped[0]["reason"].startswith("no actions")
+    assert_frames_and_actions(rows, camera, stride)
+    space = action_space(fmt.read_schema(fmt.list_shards(str(out))[0]))
+    assert space.kind == "continuous" and space.names == ACTION_NAMES
+
+
+def assert_frames_and_actions(rows: dict[int, dict], camera: str, stride: int) -> None:
+    """Each kept frame is the fixture's frame at that index (its colour), each action the one recorded there."""
     for ep, row in rows.items():
         length, _, task = EPISODES[ep]
         kept = list(range(0, length, stride))
@@ -73,8 +80,41 @@ def test_import_decodes_each_camera_at_the_data_timestamps(ray_cluster, dataset,
             assert np.abs(rgb.mean(axis=(0, 1)) - colour(g0 + i)).max() < 12, (camera, ep, i)
         assert np.allclose(row["actions"], [action(g0 + i) for i in kept[:-1]])
         assert sum(row["rewards"]) == 1.0  # the final frame's next.reward lands on the last step
-    space = action_space(fmt.read_schema(fmt.list_shards(str(out))[0]))
-    assert space.kind == "continuous" and space.names == ACTION_NAMES
+
+
+def test_fps_that_disagrees_with_the_video_is_refused_unless_given(ray_cluster, tmp_path, capsys):
+    """info.json says 5 fps for 10 fps videos: picking frames with it took episode 0's last frame as episode 1's
+    first. Refused, naming both rates; `--fps 10` imports the right frames."""
+    src = make_dataset(tmp_path / "src", info_fps=5)
+    out = tmp_path / "raw"
+    argv = ["import", "lerobot", str(src), "--camera", TOP, "--out", str(out)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    [line] = [x for x in err.splitlines() if x.startswith("rgvlm import:")]
+    assert "fps 5" in line and "runs at 10 fps" in line and "--fps 10" in line and not out.exists()
+    assert cli.main([*argv, "--fps", "10"]) == 0
+    assert summary(out)["source"]["fps"] == 10
+    rows = imported(str(out))
+    assert sorted(rows) == [0, 1, 3]
+    assert_frames_and_actions(rows, TOP, 1)
+
+
+def test_timestamps_at_another_rate_are_refused(tmp_path, capsys):
+    src = make_dataset(tmp_path / "src", timestamp_fps=5)  # info.json and the videos say 10
+    out = tmp_path / "raw"
+    assert cli.main(["import", "lerobot", str(src), "--camera", TOP, "--out", str(out)]) == 2
+    [line] = [x for x in capsys.readouterr().err.splitlines() if x.startswith("rgvlm import:")]
+    assert "episode 0" in line and "timestamp 1.0000 s" in line and "at 0.5000 s" in line and not out.exists()
+
+
+def test_tasks_win_over_goal_unless_overridden(ray_cluster, dataset, tmp_path):
+    kept, override = tmp_path / "goal", tmp_path / "override"
+    argv = ["import", "lerobot", dataset, "--camera", TOP, "--goal", "tidy up"]
+    assert cli.main([*argv, "--out", str(kept)]) == 0
+    assert {r["goal"] for r in imported(str(kept)).values()} == set(TASKS)
+    assert summary(kept)["goal"].startswith("goal: the dataset's own missions win")
+    assert cli.main([*argv, "--override-goal", "--out", str(override)]) == 0
+    assert {r["goal"] for r in imported(str(override)).values()} == {"tidy up"}
 
 
 def test_import_label_export_on_s3(ray_cluster, dataset, s3_env, tmp_path):
@@ -140,6 +180,28 @@ def test_undecodable_video_is_a_per_episode_reason(ray_cluster, tmp_path):
     assert sum(r.startswith("video undecodable") for r in reasons) == 2 and sorted(imported(str(out))) == [3]
 
 
+def expected_stats(values: list[float], names: set[str]) -> dict[str, float]:
+    v = np.asarray(values, dtype=np.float64)
+    stats = {"min": v.min(), "max": v.max(), "mean": v.mean(), "std": v.std(), "count": len(v)}
+    return {k: stats[k] if k in stats else np.quantile(v, int(k[1:]) / 100) for k in names}
+
+
+def assert_reward_stats(out: Path, src: Path, frames: list[dict]) -> None:
+    """meta/stats.json and each episode's stats/reward/* describe the new column, with the statistics the source
+    keeps for `action` (the fixture keeps quantiles too); the source's own statistics are unchanged."""
+    stats, source = (json.loads((p / "meta/stats.json").read_text()) for p in (out, src))
+    assert stats["action"] == source["action"] and set(stats["reward"]) == set(source["action"])
+    want = expected_stats([r["reward"] for r in frames], set(source["action"]))
+    assert {k: v[0] for k, v in stats["reward"].items()} == pytest.approx(want, abs=1e-6)
+    episodes = pq.read_table(out / "meta/episodes").to_pylist()
+    source_eps = pq.read_table(src / "meta/episodes").to_pylist()
+    for ep, source_ep in zip(episodes, source_eps, strict=True):
+        assert {k: v for k, v in ep.items() if not k.startswith("stats/reward/")} == source_ep
+        values = [r["reward"] for r in frames if r["episode_index"] == ep["episode_index"]]
+        got = {k.split("/")[-1]: v[0] for k, v in ep.items() if k.startswith("stats/reward/")}
+        assert got == pytest.approx(expected_stats(values, set(source["action"])), abs=1e-6)
+
+
 def test_import_label_export_round_trip(ray_cluster, dataset, tmp_path):
     raw, labels, out = str(tmp_path / "raw"), str(tmp_path / "labels"), tmp_path / "rewarded"
     assert cli.main(["import", "lerobot", dataset, "--camera", TOP, "--frame-stride", "2", "--out", raw]) == 0
@@ -164,6 +226,7 @@ def test_import_label_export_round_trip(ray_cluster, dataset, tmp_path):
     assert info["features"]["reward"]["dtype"] == "float32"
     frames = pq.read_table(out / "data").to_pylist()
     by_frame = {(r["episode_index"], r["frame_index"]): r["reward"] for r in frames}
+    assert_reward_stats(out, Path(dataset), frames)
     for ep, row in imported(raw).items():
         want = np.array(label[row["episode_id"]]["clip_reward"]) + np.array(row["rewards"])
         got = [by_frame[(ep, f)] for f in row["source_frames"][:-1]]

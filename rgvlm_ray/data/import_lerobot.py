@@ -5,13 +5,21 @@ Read with pyarrow and PyAV only (no lerobot, no torchvision). One Ray task per d
 `--frame-stride S` frames 0, S, 2S, ... are kept; the action of kept step j is the action recorded at kept frame j,
 and its reward is the sum of `next.reward` over the frames it spans (zeros if the dataset has none). The last kept
 frame's action is dropped: it has no next observation.
+
+Frames are picked by time, so the times must be right: before any task starts, `check_timing` compares
+info.json's `fps` with each video stream's frame rate and time base, and each episode's data timestamps with its
+span of the video, and refuses a disagreement beyond half a frame, naming both values. `--fps N` replaces a wrong
+info.json `fps`; nothing is corrected silently.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import defaultdict
+from dataclasses import dataclass
+from fractions import Fraction
 from functools import partial
 from typing import Any
 
@@ -23,8 +31,19 @@ from rgvlm_ray.config import Config, ImportConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace
 from rgvlm_ray.data.env import encode_png
-from rgvlm_ray.data.importing import ShardResult, Skipped, finish, resize, run_tasks, write_episodes
+from rgvlm_ray.data.importing import (
+    ShardResult,
+    Skipped,
+    finish,
+    goal_rule,
+    one_line,
+    resize,
+    run_tasks,
+    write_episodes,
+)
 from rgvlm_ray.errors import UsageError
+
+log = logging.getLogger(__name__)
 
 
 def read_json(root: str, rel: str, cfg: StorageConfig | None) -> dict:
@@ -38,6 +57,10 @@ def load_info(root: str, cfg: StorageConfig | None) -> dict:
         info = read_json(root, "meta/info.json", cfg)
     except FileNotFoundError:
         raise UsageError(f"{root} is not a LeRobot dataset: meta/info.json is missing") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise UsageError(
+            f"{storage.join(root, 'meta/info.json')}: unreadable JSON ({one_line(exc)})"
+        ) from None
     version = str(info.get("codebase_version", ""))
     if not version.startswith("v3"):
         raise UsageError(
@@ -121,6 +144,115 @@ def decode_frames(path: str, times: list[float], fps: float, cfg: StorageConfig 
     return out
 
 
+@dataclass(frozen=True)
+class VideoTiming:
+    rate: Fraction | None  # frames per second as the stream declares it; None when the container does not say
+    time_base: Fraction  # seconds per pts tick
+
+
+def video_timing(path: str, cfg: StorageConfig | None) -> VideoTiming:
+    """The first video stream's frame rate and time base, from the container header (nothing is decoded)."""
+    import av
+
+    fs, p = storage.get_fs(path, cfg)
+    with fs.open(p, "rb") as f, av.open(f) as container:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        return VideoTiming(Fraction(rate) if rate else None, Fraction(stream.time_base))
+
+
+def half_frame(fps: float) -> float:
+    return 0.5 / fps
+
+
+def check_video(rel: str, timing: VideoTiming, fps: float, longest: int, fps_from: str) -> None:
+    """Refuse a video whose frame rate or time base cannot give the frame at each data timestamp: a rate that
+    drifts more than half a frame from `fps` over the longest episode in the file, or a time base coarser than a
+    frame."""
+    if timing.time_base > Fraction(1) / Fraction(fps).limit_denominator(1_000_000):
+        raise UsageError(
+            f"{rel}: time base {timing.time_base} s is coarser than one frame at {fps:g} fps ({fps_from}): "
+            "frames cannot be placed within half a frame; re-encode the video"
+        )
+    if timing.rate is None:
+        return  # nothing declared to compare; the per-frame check in decode_frames still holds
+    rate = float(timing.rate)
+    drift = max(longest, 1) * abs(1 / fps - 1 / rate)
+    if drift > half_frame(max(fps, rate)):
+        fix = (
+            f"fix `fps` in meta/info.json, or pass --fps {rate:g} to use the video's rate"
+            if fps_from == "meta/info.json"
+            else f"pass --fps {rate:g}, or leave --fps out to use meta/info.json's"
+        )
+        raise UsageError(
+            f"{fps_from} gives fps {fps:g} but {rel} runs at {rate:g} fps (time base {timing.time_base}): over "
+            f"a {longest}-frame episode the frame times drift {drift:.3f} s, more than half a frame; {fix}"
+        )
+
+
+def check_timestamps(
+    data_rel: str, table: Any, eps: list[dict], camera: str, fps: float, fps_from: str
+) -> None:
+    """Refuse an episode whose data timestamps do not step at `fps`, or whose span differs from its span of the
+    video (meta/episodes' from_timestamp..to_timestamp), by more than half a frame."""
+    tol = half_frame(fps)
+    for ep in eps:
+        e = ep["episode_index"]
+        data = table.filter(pc.equal(table["episode_index"], e)).sort_by("frame_index")
+        if data.num_rows == 0:
+            continue
+        ts = data["timestamp"].to_numpy().astype(np.float64).ravel()
+        frames = data["frame_index"].to_numpy().astype(np.float64)
+        want = ts[0] + (frames - frames[0]) / fps
+        worst = int(np.argmax(np.abs(ts - want)))
+        if abs(ts[worst] - want[worst]) > tol:
+            raise UsageError(
+                f"{data_rel} episode {e}: frame {int(frames[worst])} has timestamp {ts[worst]:.4f} s, but fps "
+                f"{fps:g} ({fps_from}) puts it at {want[worst]:.4f} s; frames would be picked at the wrong times"
+            )
+        lo, hi = ep.get(f"videos/{camera}/from_timestamp"), ep.get(f"videos/{camera}/to_timestamp")
+        if lo is None or hi is None:
+            continue
+        span, video = ts[-1] - ts[0] + 1 / fps, float(hi) - float(lo)
+        if abs(span - video) > tol:
+            raise UsageError(
+                f"{data_rel} episode {e}: its {data.num_rows} frames last {span:.4f} s at fps {fps:g} "
+                f"({fps_from}), but meta/episodes gives it {video:.4f} s of video ({float(lo):g} to {float(hi):g} s)"
+            )
+
+
+def check_timing(
+    root: str,
+    info: dict,
+    camera: str,
+    by_file: dict[str, list[dict]],
+    fps: float,
+    fps_from: str,
+    cfg: StorageConfig | None,
+) -> None:
+    """Every video file of the camera (its header) and every data file's timestamps, before any task starts. A
+    file that cannot be read is left to its task, which skips its episodes with the reason."""
+    videos: dict[str, int] = defaultdict(int)
+    for eps in by_file.values():
+        for ep in eps:
+            rel = video_path(info, ep, camera)
+            videos[rel] = max(videos[rel], int(ep.get("length") or 0))
+    for rel, longest in sorted(videos.items()):
+        try:
+            timing = video_timing(storage.join(root, rel), cfg)
+        except Exception:  # missing or undecodable: skipped per episode, with the reason
+            continue
+        check_video(rel, timing, fps, longest, fps_from)
+    for data_rel, eps in sorted(by_file.items()):
+        try:
+            table = fmt.read_shard(
+                storage.join(root, data_rel), cfg, columns=["episode_index", "frame_index", "timestamp"]
+            )
+        except Exception:  # skipped per episode by its task, with the reason
+            continue
+        check_timestamps(data_rel, table, eps, camera, fps, fps_from)
+
+
 def episode_row(
     ep: dict, data: Any, frames: list[np.ndarray], kept: list[int], task_text: str, c: ImportConfig
 ) -> dict:
@@ -156,6 +288,7 @@ def import_file(
     c: ImportConfig,
     source: dict,
     scfg: StorageConfig | None,
+    fps: float,
 ) -> ShardResult:
     """One Ray task: the episodes of one data file."""
     try:
@@ -175,7 +308,7 @@ def import_file(
         start = float(ep[f"videos/{camera}/from_timestamp"])
         times = [start + t for t in data["timestamp"].take(kept).to_pylist()]
         try:
-            frames = decode_frames(vpath, times, float(info["fps"]), scfg)
+            frames = decode_frames(vpath, times, fps, scfg)
         except FileNotFoundError:
             skipped.append(Skipped(name, f"video missing: {video_path(info, ep, camera)}"))
             continue
@@ -187,9 +320,30 @@ def import_file(
             skipped.append(Skipped(name, reason))
             continue
         task_index = data["task_index"][0].as_py() if "task_index" in data.column_names else None
-        text = (ep.get("tasks") or [None])[0] or task_texts.get(task_index) or c.goal
+        own = (ep.get("tasks") or [None])[0] or task_texts.get(task_index)
+        text = c.goal if c.override_goal and c.goal else (own or c.goal)
+        if not text:
+            skipped.append(Skipped(name, "no goal: the episode has no task; pass --goal TEXT"))
+            continue
         rows.append(episode_row(ep, data, frames, kept, text, c))
     return write_episodes(rows, skipped, c.out, index, action_space(info), source, scfg)
+
+
+def frame_rate(info: dict, override: float) -> tuple[float, str]:
+    """The frame rate used, and where it came from (for messages): --fps if given, else info.json's."""
+    if override < 0:
+        raise UsageError("--fps must be positive")
+    if override:
+        if info.get("fps") and abs(float(info["fps"]) - override) > 1e-9:
+            log.warning("fps: --fps %g in place of meta/info.json's %g", override, float(info["fps"]))
+        return float(override), "--fps"
+    try:
+        fps = float(info["fps"])
+    except (KeyError, TypeError, ValueError):
+        raise UsageError(f"meta/info.json has no usable `fps` ({info.get('fps')!r}): pass --fps N") from None
+    if fps <= 0:
+        raise UsageError(f"meta/info.json has fps {fps:g}: pass --fps N with the true frame rate")
+    return fps, "meta/info.json"
 
 
 def run(cfg: Config) -> dict:
@@ -203,17 +357,28 @@ def run(cfg: Config) -> dict:
     action_space(info)
     texts = tasks(c.source, scfg)
     eps = episodes_meta(c.source, scfg)
-    fmt.refuse_existing(c.out, c.overwrite, scfg)
+    goal = goal_rule(c.goal, c.override_goal, bool(texts) or any(ep.get("tasks") for ep in eps))
+    if c.goal:
+        log.warning(goal)
+    fps, fps_from = frame_rate(info, c.fps)
     by_file: dict[str, list[dict]] = defaultdict(list)
     for ep in eps:
         rel = info["data_path"].format(chunk_index=ep["data/chunk_index"], file_index=ep["data/file_index"])
         by_file[rel].append(ep)
-    source = {"format": "lerobot", "path": c.source, "camera": camera, "frame_stride": c.frame_stride}
+    check_timing(c.source, info, camera, by_file, fps, fps_from, scfg)
+    fmt.refuse_existing(c.out, c.overwrite, scfg)
+    source = {
+        "format": "lerobot",
+        "path": c.source,
+        "camera": camera,
+        "frame_stride": c.frame_stride,
+        "fps": fps,
+    }
     start = time.perf_counter()
     init_ray(cfg.ray)
     calls = [
-        partial(import_file, c.source, rel, group, i, info, camera, texts, c, source, scfg)
+        partial(import_file, c.source, rel, group, i, info, camera, texts, c, source, scfg, fps)
         for i, (rel, group) in enumerate(sorted(by_file.items()))
     ]
     results = run_tasks(calls, c.num_cpus_per_task, "import lerobot")
-    return finish(c.out, results, len(eps), source, scfg, start)
+    return finish(c.out, results, len(eps), source, scfg, start, goal)

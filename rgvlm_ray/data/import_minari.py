@@ -4,10 +4,16 @@ Observations map to `frames` as follows: an RGB image space (H x W x 3 uint8) is
 BabyAI dict (`image` 7x7x3 grid, `direction`, `mission`) gives `symbolic`, `directions` and `frames` drawn from the
 grid the way `rgvlm generate` draws them. One Ray task reads `importer.episodes_per_shard` episodes and writes one
 shard; episodes it cannot use are skipped with their reason (data/importing.py keeps the balance).
+
+Damaged input: each episode is read on its own, so a missing or unreadable episode (an hdf5 group deleted or
+overwritten, an arrow episode folder gone or garbled) is skipped with its reason and the others still import. A
+dataset whose metadata or hdf5 file cannot be opened at all is refused up front, naming the file.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import time
 from functools import partial
@@ -21,9 +27,19 @@ from rgvlm_ray.config import Config, ImportConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace
 from rgvlm_ray.data.env import ACTION_TEXTS, FrameRenderer, encode_png
-from rgvlm_ray.data.importing import ShardResult, Skipped, finish, resize, run_tasks, write_episodes
+from rgvlm_ray.data.importing import (
+    ShardResult,
+    Skipped,
+    finish,
+    goal_rule,
+    one_line,
+    resize,
+    run_tasks,
+    write_episodes,
+)
 from rgvlm_ray.errors import UsageError
 
+log = logging.getLogger(__name__)
 MINIGRID_KEYS = {"image", "direction", "mission"}
 
 
@@ -37,8 +53,6 @@ def register_mission_space() -> None:
 
     @serialize_space.register(MissionSpace)
     def _(space: MissionSpace, to_string: bool = True) -> Any:
-        import json
-
         data = {"type": "MissionSpace"}
         return json.dumps(data) if to_string else data
 
@@ -68,6 +82,51 @@ def load(path: str):  # -> minari.MinariDataset
     from minari import MinariDataset
 
     return MinariDataset(path)
+
+
+HDF5_FILE = "main_data.hdf5"  # minari's name for an hdf5 dataset's one data file
+
+
+def open_dataset(path: str):  # -> minari.MinariDataset
+    """The dataset, or a UsageError naming the file that cannot be read: its metadata.json, or the hdf5 file
+    whose superblock or root group (the index of every episode) is damaged."""
+    meta_file = Path(path) / "metadata.json"
+    try:
+        meta = json.loads(meta_file.read_text())
+    except Exception as exc:
+        raise UsageError(f"{meta_file}: unreadable Minari metadata ({one_line(exc)})") from None
+    if meta.get("data_format") == "hdf5":
+        import h5py
+
+        data_file = Path(path) / HDF5_FILE
+        try:
+            with h5py.File(data_file, "r") as f:
+                list(f)
+        except Exception as exc:
+            raise UsageError(
+                f"{data_file}: unreadable HDF5 file ({one_line(exc)}); restore the dataset "
+                "(`minari download --force ID` for a hub dataset)"
+            ) from None
+    try:
+        return load(path)
+    except Exception as exc:
+        raise UsageError(f"{path}: not a readable Minari dataset ({one_line(exc)})") from None
+
+
+def read_episode(ds: Any, index: int) -> Any:  # -> minari EpisodeData | Skipped
+    """One episode, or why it cannot be read. Episodes are read one at a time: minari reads a list of them in
+    one go, so one bad episode would fail the rest (and in arrow, an empty episode folder shifts the rest)."""
+    episode = f"episode {index}"
+    try:
+        return next(iter(ds.iterate_episodes([index])))
+    except (FileNotFoundError, StopIteration):  # arrow: the episode's folder, or its data, is gone
+        return Skipped(episode, f"episode missing: no data in {ds.storage.data_path / str(index)}")
+    except KeyError as exc:  # hdf5: no such group, or a group whose header is damaged
+        if "doesn't exist" in str(exc):
+            return Skipped(episode, f"episode missing: {HDF5_FILE} has no group episode_{index}")
+        return Skipped(episode, f"episode unreadable: {one_line(exc)}")
+    except Exception as exc:  # h5py and pyarrow raise several types for damaged data
+        return Skipped(episode, f"episode unreadable: {one_line(exc)}")
 
 
 def observation_kind(space: Any) -> str:
@@ -113,7 +172,8 @@ def episode_row(ep: Any, name: str, kind: str, space: ActionSpace, cfg: ImportCo
     if t == 0:
         return Skipped(episode, "no actions: the episode has length 0")
     obs = ep.observations
-    goal = (mission_text(obs) if kind == "minigrid" else None) or cfg.goal
+    own = mission_text(obs) if kind == "minigrid" else None
+    goal = cfg.goal if cfg.override_goal and cfg.goal else (own or cfg.goal)
     if not goal:
         return Skipped(episode, "no goal: the dataset has no mission; pass --goal TEXT")
     row: dict[str, Any] = {"episode_id": f"minari-{name}-ep{int(ep.id):06d}", "goal": goal}
@@ -149,9 +209,14 @@ def import_chunk(
     kind = observation_kind(ds.observation_space)
     space = action_space(ds.action_space, kind)
     rows, skipped = [], []
-    for ep in ds.iterate_episodes(indices):
-        out = episode_row(ep, source["name"], kind, space, cfg)
-        (skipped if isinstance(out, Skipped) else rows).append(out)
+    for i in indices:
+        ep = read_episode(ds, i)
+        if not isinstance(ep, Skipped):
+            try:
+                ep = episode_row(ep, source["name"], kind, space, cfg)
+            except Exception as exc:  # data that reads but is damaged (wrong shapes, bad bytes)
+                ep = Skipped(f"episode {i}", f"episode unreadable: {one_line(exc)}")
+        (skipped if isinstance(ep, Skipped) else rows).append(ep)
     return write_episodes(rows, skipped, cfg.out, index, space, source, scfg)
 
 
@@ -160,11 +225,15 @@ def run(cfg: Config) -> dict:
 
     c = cfg.importer
     path = dataset_path(c.source)
-    ds = load(path)
+    ds = open_dataset(path)
     kind = observation_kind(ds.observation_space)
     action_space(ds.action_space, kind)  # refuse an unsupported space before any task starts
     if kind == "image" and not c.goal:
         raise UsageError(f"{c.source} has image observations and no mission: pass --goal TEXT")
+    has_missions = kind == "minigrid" and "mission" in ds.observation_space.spaces
+    goal = goal_rule(c.goal, c.override_goal, has_missions)
+    if c.goal:
+        log.warning(goal)
     fmt.refuse_existing(c.out, c.overwrite, cfg.storage)
     name = (ds.id or storage.basename(c.source)).replace("/", "-")
     source = {"format": "minari", "dataset": c.source, "id": ds.id, "path": path, "name": name}
@@ -177,4 +246,4 @@ def run(cfg: Config) -> dict:
         for i in range(0, len(episodes), n)
     ]
     results = run_tasks(calls, c.num_cpus_per_task, "import minari")
-    return finish(c.out, results, len(episodes), source, cfg.storage, start)
+    return finish(c.out, results, len(episodes), source, cfg.storage, start, goal)

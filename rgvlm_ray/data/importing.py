@@ -23,6 +23,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace, with_action_space
+from rgvlm_ray.errors import UsageError
 
 log = logging.getLogger(__name__)
 SOURCE_KEY = b"rgvlm.source"
@@ -45,6 +46,29 @@ class ShardResult:
     @property
     def source_episodes(self) -> int:
         return self.written + len(self.skipped)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as `Type: message` on one line (h5py's and pyarrow's messages can run over several)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def goal_rule(goal: str, override: bool, has_missions: bool) -> str:
+    """Which goal each episode gets, in one line: the dataset's own missions win over --goal, which fills only
+    episodes without one, unless --override-goal."""
+    if override and not goal:
+        raise UsageError("--override-goal needs --goal TEXT: the goal to use for every episode")
+    if not goal:
+        return "goal: each episode's own mission"
+    if override:
+        return f"goal: --goal {goal!r} for every episode (--override-goal: the dataset's own missions are not used)"
+    if has_missions:
+        return (
+            f"goal: the dataset's own missions win; --goal {goal!r} only fills episodes without one "
+            "(pass --override-goal to use it for every episode)"
+        )
+    return f"goal: --goal {goal!r} for every episode (the dataset has no missions)"
 
 
 def resize(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -122,8 +146,10 @@ def finish(
     source: dict,
     cfg: StorageConfig | None,
     start: float,
+    goal: str = "",
 ) -> dict:
-    """Write OUT/_import.json and return it; raises if any source episode is unaccounted for."""
+    """Write OUT/_import.json and return it; raises if any source episode is unaccounted for. `goal` is the
+    goal_rule line."""
     written = sum(r.written for r in results)
     skipped = [s for r in results for s in r.skipped]
     summary = {
@@ -138,6 +164,7 @@ def finish(
         "bytes": sum(r.bytes for r in results),
         "seconds": round(time.perf_counter() - start, 2),
         "balance": f"{source_episodes} source episodes = {written} written + {len(skipped)} skipped",
+        "goal": goal,
     }
     with storage.atomic_open(storage.join(out, SUMMARY_NAME), cfg) as f:
         f.write(json.dumps(summary, indent=2).encode())
