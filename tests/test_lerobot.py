@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ from PIL import Image
 from rgvlm_ray import cli
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import action_space
+from rgvlm_ray.data.import_lerobot import VideoTiming, check_video
+from rgvlm_ray.errors import UsageError
 from tests.conftest import S3_BUCKET
 from tests.label_fixtures import tiny_clip_dir
 from tests.lerobot_fixture import ACTION_NAMES, EPISODES, TASKS, action, colour, make_dataset
@@ -97,6 +101,25 @@ def test_fps_that_disagrees_with_the_video_is_refused_unless_given(ray_cluster, 
     rows = imported(str(out))
     assert sorted(rows) == [0, 1, 3]
     assert_frames_and_actions(rows, TOP, 1)
+
+
+@pytest.mark.parametrize(
+    ("rate", "time_base", "fps", "refused"),
+    [
+        (Fraction(30000, 1001), Fraction(1001, 30000), 29.97, ""),  # NTSC: the time base is exactly one frame
+        (Fraction(10), Fraction(1, 10240), 10, ""),  # what PyAV's mp4 muxer writes for the fixture
+        (Fraction(30000, 1001), Fraction(1, 90000), 30, "runs at 29.97 fps"),  # 1000 frames: 33 ms of drift
+        (Fraction(10), Fraction(1, 5), 10, "time base 1/5 s is coarser than one frame"),
+        (None, Fraction(1, 5), 10, "time base 1/5 s is coarser than one frame"),
+    ],
+)
+def test_video_rate_and_time_base_are_checked(rate, time_base, fps, refused):
+    check = partial(check_video, "v.mp4", VideoTiming(rate, time_base), fps, 1000, "meta/info.json")
+    if not refused:
+        check()
+        return
+    with pytest.raises(UsageError, match=refused):
+        check()
 
 
 def test_timestamps_at_another_rate_are_refused(tmp_path, capsys):

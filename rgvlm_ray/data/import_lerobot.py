@@ -167,26 +167,26 @@ def half_frame(fps: float) -> float:
 
 def check_video(rel: str, timing: VideoTiming, fps: float, longest: int, fps_from: str) -> None:
     """Refuse a video whose frame rate or time base cannot give the frame at each data timestamp: a rate that
-    drifts more than half a frame from `fps` over the longest episode in the file, or a time base coarser than a
-    frame."""
-    if timing.time_base > Fraction(1) / Fraction(fps).limit_denominator(1_000_000):
+    drifts more than half a frame from `fps` over the longest episode in the file, or a time base coarser than
+    one of its frames."""
+    rate = float(timing.rate) if timing.rate else None
+    if rate is not None:
+        drift = max(longest, 1) * abs(1 / fps - 1 / rate)
+        if drift > half_frame(max(fps, rate)):
+            fix = (
+                f"fix `fps` in meta/info.json, or pass --fps {rate:g} to use the video's rate"
+                if fps_from == "meta/info.json"
+                else f"pass --fps {rate:g}, or leave --fps out to use meta/info.json's"
+            )
+            raise UsageError(
+                f"{fps_from} gives fps {fps:g} but {rel} runs at {rate:g} fps (time base {timing.time_base}): "
+                f"over a {longest}-frame episode the frame times drift {drift:.3f} s, more than half a frame; {fix}"
+            )
+    frame = 1 / (rate or fps)
+    if float(timing.time_base) > frame * (1 + 1e-6):  # NTSC's 1001/30000 is exactly one 29.97 fps frame
         raise UsageError(
-            f"{rel}: time base {timing.time_base} s is coarser than one frame at {fps:g} fps ({fps_from}): "
-            "frames cannot be placed within half a frame; re-encode the video"
-        )
-    if timing.rate is None:
-        return  # nothing declared to compare; the per-frame check in decode_frames still holds
-    rate = float(timing.rate)
-    drift = max(longest, 1) * abs(1 / fps - 1 / rate)
-    if drift > half_frame(max(fps, rate)):
-        fix = (
-            f"fix `fps` in meta/info.json, or pass --fps {rate:g} to use the video's rate"
-            if fps_from == "meta/info.json"
-            else f"pass --fps {rate:g}, or leave --fps out to use meta/info.json's"
-        )
-        raise UsageError(
-            f"{fps_from} gives fps {fps:g} but {rel} runs at {rate:g} fps (time base {timing.time_base}): over "
-            f"a {longest}-frame episode the frame times drift {drift:.3f} s, more than half a frame; {fix}"
+            f"{rel}: time base {timing.time_base} s is coarser than one frame at {rate or fps:g} fps: frames "
+            "cannot be placed within half a frame; re-encode the video"
         )
 
 
