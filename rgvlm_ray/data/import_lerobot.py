@@ -243,12 +243,19 @@ def check_timing(
         except Exception:  # missing or undecodable: skipped per episode, with the reason
             continue
         check_video(rel, timing, fps, longest, fps_from)
+    needed = ["episode_index", "frame_index", "timestamp"]
     for data_rel, eps in sorted(by_file.items()):
+        path = storage.join(root, data_rel)
         try:
-            table = fmt.read_shard(
-                storage.join(root, data_rel), cfg, columns=["episode_index", "frame_index", "timestamp"]
-            )
-        except Exception:  # skipped per episode by its task, with the reason
+            names = fmt.read_schema(path, cfg).names
+        except Exception:  # missing or unreadable: skipped per episode by its task, with the reason
+            continue
+        missing = [c for c in needed if c not in names]
+        if missing:
+            raise UsageError(f"{path}: no {', '.join(missing)} column(s): not a LeRobot v3.0 data file")
+        try:
+            table = fmt.read_shard(path, cfg, columns=needed)
+        except Exception:  # damaged pages: as above, its task skips its episodes with the reason
             continue
         check_timestamps(data_rel, table, eps, camera, fps, fps_from)
 
