@@ -183,6 +183,19 @@ class LabelerConfig:
 
 
 @dataclass
+class ViewConfig:
+    """`rgvlm view`: one self-contained HTML page per sampled episode, frames, actions, scores and analyses."""
+
+    in_path: str = ""  # required: raw dataset (or a joined one)
+    labels: list[str] = field(default_factory=list)  # label sets joined to it
+    out: str = ""  # required: folder (or s3:// prefix) for index.html and one page per episode
+    episodes: int = 5  # sampled episodes (all when there are fewer)
+    episode: list[str] = field(default_factory=list)  # these episode ids instead of a sample
+    seed: int = 0  # of the sample
+    frame_size: int = 112  # frames are shown at most this large (longest side, px)
+
+
+@dataclass
 class LabelEpisodeConfig:
     """`rgvlm label-episode`: label one episode and print everything."""
 
@@ -229,6 +242,33 @@ class LabelConfig:
     chaos: str = (
         ""  # fault injection for rehearsals: crash-once:PATH | hang-once:PATH (rgvlm_ray/labeling/chaos.py)
     )
+    plan: bool = False  # print what the run would cost (PlanConfig, docs/labeling.md); label nothing
+
+
+@dataclass
+class PlanConfig:
+    """`rgvlm label --plan`: the bill of a labeling run before it starts (docs/labeling.md, "Before a large run").
+
+    Counts come from the data and the model's own processor (no weights are loaded). Times need a throughput:
+    `tokens_per_s` or `windows_per_s` per actor, or `calibrate` > 0 (a real labeling run on that many windows).
+    """
+
+    # Per actor: prompt tokens computed (prefix-cached ones excluded) + completion tokens per second, e.g.
+    # bench/label_engine.py's `tokens_per_s` for the same model, engine, batch size and hardware. 0: unknown.
+    tokens_per_s: float = 0.0
+    windows_per_s: float = 0.0  # per actor, the other measure bench/label_engine.py reports; 0: unknown
+    calibrate: int = 0  # label this many windows of the data here, timed, and take the throughput from it
+    # Share of stage 2's shared prefix (the whole stage-1 prompt) served from a prefix cache instead of being
+    # recomputed. None: measured by --calibrate, else the engine's: vllm 1.0, hf and openai 0.0.
+    prefix_cache: float | None = None
+    # Analysis tokens per window (stage 1's output, repeated in stage 2's prompt). None: measured by
+    # --calibrate, else engine.max_new_tokens_analysis (an upper bound).
+    analysis_tokens: float | None = None
+    startup_s: float | None = None  # per actor (model load); None: measured by --calibrate, else 0
+    processor: str = (
+        ""  # processor files to count tokens with; empty: engine.model (a dir or a cached hub id)
+    )
+    json: bool = False
 
 
 @dataclass
@@ -390,8 +430,10 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     labeler: LabelerConfig = field(default_factory=LabelerConfig)
     label_episode: LabelEpisodeConfig = field(default_factory=LabelEpisodeConfig)
+    view: ViewConfig = field(default_factory=ViewConfig)
     tiny_model: TinyModelConfig = field(default_factory=TinyModelConfig)
     label: LabelConfig = field(default_factory=LabelConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
     label_report: LabelReportConfig = field(default_factory=LabelReportConfig)
     relabel: RelabelConfig = field(default_factory=RelabelConfig)
     iql: IQLConfig = field(default_factory=IQLConfig)

@@ -1,4 +1,4 @@
-"""`rgvlm label` (and `rgvlm label --status`, `rgvlm label --prune`)."""
+"""`rgvlm label` (and `rgvlm label --status`, `rgvlm label --prune`, `rgvlm label --plan`)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ from rgvlm_ray.labeling.plan import inventory, with_canonical_roots
 
 
 def main(cfg: Config) -> int:
+    if cfg.label.plan:
+        from rgvlm_ray.labeling import cost
+
+        require(cfg, "label.in_path")
+        plan = cost.plan_run(cfg)
+        print(json.dumps(plan, indent=2) if cfg.plan.json else cost.render(plan))
+        return exits.OK
     require(cfg, "label.in_path", "label.out_path")
     cfg = with_canonical_roots(cfg)
     lc = cfg.label

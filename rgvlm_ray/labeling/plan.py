@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config, StorageConfig
+from rgvlm_ray.config import Config, LabelConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import action_space
 from rgvlm_ray.errors import StorageError, UsageError
@@ -133,6 +133,16 @@ def inventory(lc_in: str, out: str, sc: StorageConfig) -> tuple[list[tuple[str, 
     return shards, records
 
 
+def record_current(record: mf.ShardRecord | None, identity: str, fingerprint: str, lc: LabelConfig) -> bool:
+    """The manifest says this shard needs no labeling by this labeler (its label shard is not checked here)."""
+    return (
+        record is not None
+        and not lc.force
+        and record.is_current(identity, fingerprint, lc.retry_errors)
+        and not record.error.startswith(DUPLICATE)  # the other shard may have changed
+    )
+
+
 def plan(state: RunState) -> list[ShardPlan]:
     lc, sc = state.cfg.label, state.cfg.storage
     shards, state.records = inventory(lc.in_path, state.out, sc)
@@ -140,13 +150,7 @@ def plan(state: RunState) -> list[ShardPlan]:
     for name, path, identity in shards:
         state.inputs.append(name)
         record = state.records.get(name)
-        current = (
-            record is not None
-            and not lc.force
-            and record.is_current(identity, state.fingerprint, lc.retry_errors)
-            and not record.error.startswith(DUPLICATE)  # the other shard may have changed
-            and output_intact(state, record)
-        )
+        current = record_current(record, identity, state.fingerprint, lc) and output_intact(state, record)
         lease = Lease(state.out, name, state.run_id, lc.lease_ttl_s, sc)
         if current:
             lease.clear_if_dead()
