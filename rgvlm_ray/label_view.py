@@ -22,9 +22,11 @@ from dataclasses import dataclass
 from PIL import Image
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import Config
+from rgvlm_ray.config import Config, LabelerConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.actions import action_space
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labelers.action_text import action_texts, with_space
 from rgvlm_ray.labelers.images import data_url, downscale
 from rgvlm_ray.labelstore.join import Source
 
@@ -67,6 +69,11 @@ table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding
 
 def text(value: object, keep_newlines: bool = False) -> str:
     """Any text as HTML character data: markup escaped, control and invisible characters shown as \\uXXXX."""
+    return html.escape(visible(value, keep_newlines), quote=True)
+
+
+def visible(value: object, keep_newlines: bool = False) -> str:
+    """Control and invisible characters as \\uXXXX, so they show (on a page or a terminal) instead of acting."""
     out = []
     for ch in "" if value is None else str(value):
         if keep_newlines and ch in "\n\t":
@@ -75,7 +82,7 @@ def text(value: object, keep_newlines: bool = False) -> str:
             out.append(f"\\u{ord(ch):04x}" if ord(ch) <= 0xFFFF else f"\\U{ord(ch):08x}")
         else:
             out.append(ch)
-    return html.escape("".join(out), quote=True)
+    return "".join(out)
 
 
 def page_name(episode_id: str) -> str:
@@ -193,10 +200,13 @@ def outcome(row: dict) -> str:
     return ", ".join(parts)
 
 
-def episode_page(row: dict, shard: str, labelers: list[str], view: str, frame_size: int) -> str:
-    actions = row.get("action_texts") or [f"action {a}" for a in row.get("actions") or []]
+def episode_page(row: dict, shard: str, labelers: list[str], lcfg: LabelerConfig, frame_size: int) -> str:
     t = len(row.get("actions") or [])
-    frames = row.get(view) or row.get("frames") or []
+    try:
+        actions = action_texts(row, lcfg)  # as the judge read them
+    except ValueError as exc:
+        actions = [f"(actions cannot be shown: {exc})"] + [""] * t
+    frames = row.get(lcfg.view) or row.get("frames") or []
     labs = [labeler_rows(row, name, t) for name in labelers]
     eid = text(row.get("episode_id"))
     cells = [
@@ -303,11 +313,11 @@ def write_pages(cfg: Config) -> dict:
         table = source.read(shard)
         labelers = fmt.labelers_in_columns(table.column_names)
         wanted = set(ids)
-        for row in table.to_pylist():
+        for row in with_space(table.to_pylist(), action_space(fmt.read_schema(shard, cfg.storage))):
             if row["episode_id"] not in wanted:
                 continue
             name = page_name(row["episode_id"])
-            page = episode_page(row, source.name(shard), labelers, cfg.labeler.view, vc.frame_size)
+            page = episode_page(row, source.name(shard), labelers, cfg.labeler, vc.frame_size)
             with storage.atomic_open(storage.join(out, name), cfg.storage) as f:
                 f.write(page.encode("utf-8"))
             entries.append(

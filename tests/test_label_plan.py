@@ -178,3 +178,32 @@ def test_the_arithmetic_of_the_estimate():
     assert walls[2] == pytest.approx(walls[1] / 2) and walls[8] == pytest.approx(walls[1] / 8)
     assert rows[-1]["gpu_hours"] == pytest.approx(walls[8] * 8 * 2 / 3600, abs=1e-4)
     assert cost.makespan([5, 1, 1, 1], 2) == 5  # one long batch bounds the wall time
+
+
+def test_with_out_the_shards_already_labeled_are_left_out(sample, tmp_path):
+    """As the job does: a shard whose record matches its content and this labeler's fingerprint costs nothing."""
+    from rgvlm_ray import storage
+    from rgvlm_ray.labelers.labeler import labeler_fingerprint
+    from rgvlm_ray.labeling import manifest as mf
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for i in range(2):
+        (raw / f"shard-{i:05d}.parquet").write_bytes((Path(sample) / "shard-00000.parquet").read_bytes())
+    # same bytes, so same ids twice: fine here, the plan counts and does not validate across shards
+    out = str(tmp_path / "labels")
+    cfg = config(str(raw), f"label.out_path={out}")
+    whole = cost.plan_run(cfg)
+    first = str(raw / "shard-00000.parquet")
+    fp = labeler_fingerprint(cfg.engine, cfg.labeler)
+    record = mf.ShardRecord(
+        "shard-00000.parquet", first, storage.content_identity(first), fp, "rgvlm", mf.DONE
+    )
+    mf.write_record(out, record, cfg.storage)
+    rest = cost.plan_run(cfg)
+    assert whole["shards"] == {"total": 2, "to_label": 2, "already_labeled": 0}
+    assert rest["shards"] == {"total": 2, "to_label": 1, "already_labeled": 1}
+    assert rest["stage1"]["prompt_tokens"] * 2 == whole["stage1"]["prompt_tokens"]
+    # another labeler's record (another fingerprint) does not count as done
+    mf.write_record(out, replace(record, fingerprint="0" * 16), cfg.storage)
+    assert cost.plan_run(cfg)["shards"]["to_label"] == 2

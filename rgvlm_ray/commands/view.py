@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.label_view import write_pages
+from rgvlm_ray.label_view import visible, write_pages
 
 
 def main(cfg: Config) -> int:
     require(cfg, "view.in_path", "view.out")
     summary = write_pages(cfg)
     for e in summary["episodes"]:
-        print(f"{e['episode_id']}: {e['actions']} actions, {e['outcome']}")
+        print(f"{visible(e['episode_id'])}: {e['actions']} actions, {e['outcome']}")
     print(f"{len(summary['episodes'])} page(s); open {summary['index']}")
     return 0
