@@ -22,8 +22,8 @@ from tests.label_fixtures import episodes, tiny_qwen_dir
 
 # The estimate's time is checked against a real run within this tolerance. On this shared 2-core machine (load
 # 10+ from other jobs) wall time measures the scheduler more than the labeling, so both sides are timed in this
-# process's CPU time: the same clock for the calibration and for the run it predicts.
-TIME_TOLERANCE = 0.35  # |estimate / measured - 1| <= 35%
+# process's CPU time, with one torch thread: the same clock for the calibration and for the run it predicts.
+TIME_TOLERANCE = 0.5  # |estimate / measured - 1| <= 50%; seen: 0.87, 0.93, 1.08 (docs/labeling.md)
 CLOCK = time.process_time
 LABELER = ["labeler.window=4", "labeler.overlap=1"]
 ENGINE = ["engine.max_new_tokens_analysis=8", "engine.batch_size=2"]
@@ -51,7 +51,18 @@ def config(in_path: str, *extra: str) -> Config:
     )
 
 
-def test_counts_are_exact_and_the_time_holds_against_a_real_run(sample):
+@pytest.fixture
+def one_thread():
+    """One torch thread while timing: idle OpenMP threads spin, and their CPU time varies with the load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_counts_are_exact_and_the_time_holds_against_a_real_run(sample, one_thread):
     plan = cost.plan_run(config(sample, "plan.calibrate=2"), clock=CLOCK)
     assert plan["calibration"]["windows"] == 2
     estimate = plan["estimates"][0]
