@@ -350,6 +350,9 @@ class EvalConfig:
     num_cpus_per_task: float = 0.5
     episodes_per_task: int = 5  # one Ray task per (k, chunk of this many missions)
     max_steps: int | None = None  # None: the environment's budget
+    # End an episode (a failure, its sub-tasks so far kept) after this many steps without a sub-task completed;
+    # None: off. Failed episodes running to max_steps were most of evaluation's cost (docs/iql.md).
+    stall_steps: int | None = None
     policy: str = (
         "greedy"  # greedy: the mode of pi (offline-RL papers) | sample: sample pi, seeded per episode
     )

@@ -686,6 +686,7 @@ def run(cfg: Config) -> dict[str, Any]:
             "train_workers": cfg.train.workers,
             "episodes_per_k": cfg.eval.episodes_per_k,
             "eval_max_steps": cfg.eval.max_steps,
+            "eval_stall_steps": cfg.eval.stall_steps,
             "generated": not cfg.study.in_path,
             "episodes": cfg.generate.episodes,
             "subtasks": cfg.generate.subtasks,

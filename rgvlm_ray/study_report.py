@@ -463,7 +463,12 @@ def markdown(study: dict[str, Any]) -> str:
         f"{', '.join(s['labelers'])}; modes {', '.join(s['modes'])} per labeler, plus `sparse`; "
         f"{s['seeds']} seed(s) per arm; {s['train_steps']} IQL updates per run; default context "
         f"{s['default_context']} (ablation: {', '.join(map(str, s['contexts'])) or 'none'}); "
-        f"{s['episodes_per_k']} evaluation episodes per k and split, at most {s['eval_max_steps'] or 'the env'} steps.",
+        f"{s['episodes_per_k']} evaluation episodes per k and split, at most {s['eval_max_steps'] or 'the env'} steps"
+        + (
+            f", ended as failures after {s['eval_stall_steps']} steps without a sub-task done."
+            if s.get("eval_stall_steps")
+            else "."
+        ),
         "",
         behaviour_line(study),
         "",

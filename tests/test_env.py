@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from minigrid.utils.baby_ai_bot import BabyAIBot
 
 from rgvlm_ray.data.env import (
     MAX_SUBTASKS,
@@ -79,3 +80,30 @@ def test_random_policy_rarely_succeeds_and_rollout_reports_progress():
     assert all(r.steps > 0 and r.subtasks_done in (0, 1) for r in results)
     assert all(r.success == (r.subtasks_done == 1) for r in results)
     assert all(accepted(cfg, s) for s in specs)
+
+
+def test_a_stalled_episode_ends_after_stall_steps_keeping_its_progress():
+    cfg = env_config()
+
+    def spin(obs: dict) -> int:
+        return 0  # turning left forever completes nothing
+
+    for i in range(3):
+        spec = find_mission(cfg, 3, i, 0, "seen")
+        full, cut = rollout(cfg, spec, spin), rollout(cfg, spec, spin, stall_steps=12)
+        assert full.steps > 12 and full.subtasks_done == 0
+        assert cut.steps == 12 and not cut.success and cut.subtasks_done == 0
+    # the limit counts steps since the last completed sub-task, not since the start: the bot's chained k = 3
+    # episodes, whose sub-tasks each take fewer steps than the limit, are never cut
+    spec = find_mission(cfg, 3, 0, 0, "seen")
+    steps = expert_completion_steps(make_env(cfg, spec))
+    limit = max(b - a for a, b in zip([0, *steps], steps, strict=False)) + 1
+    assert steps[-1] > limit  # the whole episode is longer than the limit
+    env = make_env(cfg, spec)
+    bot, actions = BabyAIBot(env), []
+    while not env.mission_done:
+        actions.append(bot.replan())
+        env.step(actions[-1])
+    plan = iter(actions)
+    done = rollout(cfg, spec, lambda obs: next(plan), stall_steps=limit)
+    assert done.success and done.steps == steps[-1]

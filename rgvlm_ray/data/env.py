@@ -299,14 +299,24 @@ class RolloutResult:
     steps: int
 
 
-def rollout(cfg: EnvConfig, spec: EpisodeSpec, policy: Policy, with_image: bool = False) -> RolloutResult:
+def rollout(
+    cfg: EnvConfig,
+    spec: EpisodeSpec,
+    policy: Policy,
+    with_image: bool = False,
+    stall_steps: int | None = None,
+) -> RolloutResult:
     """Run `policy(obs) -> action` from the spec's initial state until the episode ends.
 
     `obs` has `symbolic` (7x7x3 uint8), `direction`, `mission`, and `image` (agent-view RGB) if asked.
+    `stall_steps`: also end it (as a failure, with the sub-tasks done so far) once that many steps pass without a
+    sub-task completed. Evaluation's cost is mostly failed episodes running to the step budget: a greedy policy
+    stuck in a loop stays stuck (docs/iql.md, "Evaluation").
     """
     env = make_env(cfg, spec)
     obs = env.gen_obs()
     ret, t = 0.0, 0
+    done_before, since = 0, 0
     while True:
         view = {"symbolic": obs["image"], "direction": obs["direction"], "mission": env.mission}
         if with_image:
@@ -316,4 +326,10 @@ def rollout(cfg: EnvConfig, spec: EpisodeSpec, policy: Policy, with_image: bool 
         t += 1
         if terminated or truncated:
             break
+        if stall_steps:
+            done = env.progress()
+            since = 0 if done > done_before else since + 1
+            done_before = done
+            if since >= stall_steps:
+                break
     return RolloutResult(spec, env.mission_done, env.progress(), ret, t)

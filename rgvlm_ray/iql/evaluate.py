@@ -228,12 +228,13 @@ def run_missions(
     split: str,
     max_steps: int | None = None,
     image: bool = False,
+    stall_steps: int | None = None,
 ) -> list[dict[str, Any]]:
     rollout_env = replace(env, max_steps=max_steps) if max_steps else env
     out = []
     for index in indices:
         spec = find_mission(env, k, index, pool_seed, split)  # the mission pool's own env settings
-        r = rollout(rollout_env, spec, policy_for(spec), with_image=image)
+        r = rollout(rollout_env, spec, policy_for(spec), with_image=image, stall_steps=stall_steps)
         out.append(
             {
                 "k": k,
@@ -258,12 +259,14 @@ def _chunk_task(
     max_steps: int | None,
     greedy: bool,
     seed: int,
+    stall_steps: int | None = None,
 ) -> list[dict[str, Any]]:
     torch.set_num_threads(1)  # many small tasks share the CPUs; batch-1 inference gains nothing from threads
     net, vocab, _ = load_policy(checkpoint, storage_cfg)
     policy_for = checkpoint_policy(net, vocab, greedy, seed)
     image = net.spec.obs_mode == "image"
-    return run_missions(EnvConfig(**env), policy_for, k, indices, pool_seed, split, max_steps, image)
+    env_cfg = EnvConfig(**env)
+    return run_missions(env_cfg, policy_for, k, indices, pool_seed, split, max_steps, image, stall_steps)
 
 
 def summarize(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -347,6 +350,10 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         raise UsageError(f"eval.policy (--policy) must be one of {POLICIES}, got {e.policy!r}")
     if e.episodes_per_k < 1 or e.episodes_per_task < 1:
         raise UsageError("--episodes-per-k and eval.episodes_per_task must be positive")
+    if e.stall_steps is not None and e.stall_steps < 1:
+        raise UsageError(
+            f"eval.stall_steps must be a positive number of steps or null (off), got {e.stall_steps}"
+        )
     checkpoint = latest_checkpoint(e.checkpoint, cfg.storage)
     if checkpoint is None:
         raise UsageError(
@@ -376,6 +383,7 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
             e.max_steps,
             e.policy == "greedy",
             e.seed,
+            e.stall_steps,
         )  # fmt: skip
         for k in reversed(KS)  # the long k = 6 chunks first, so they do not finish last alone
         for i in range(0, e.episodes_per_k, e.episodes_per_task)
@@ -394,6 +402,8 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         "label": label,
         "episodes_per_k": e.episodes_per_k,
         "policy": e.policy,
+        "max_steps": e.max_steps,
+        "stall_steps": e.stall_steps,
         **agreement,
         "pool_seed": pool_seed,
         "by_k": rows,
