@@ -73,6 +73,12 @@ LABEL_FIELDS: dict[str, pa.DataType] = {
     "score_std": pa.list_(pa.float32()),  # std over self-consistency samples, null if n=1
     "reward": pa.list_(pa.float32()),  # reward per action, null when unscored
     "window": pa.list_(pa.int32()),  # id of the window that scored each action
+    "window_pos": pa.list_(
+        pa.int32()
+    ),  # the action's 0-based position in that window (label-report: position bias)
+    # The score another window gave the action where two windows overlap (the merge keeps one), null elsewhere:
+    # label-report's overlap consistency
+    "score_alt": pa.list_(pa.float32()),
     "status": pa.list_(pa.string()),  # ok | parse_error | engine_error | error
     "message": pa.list_(pa.string()),
     "analysis": pa.list_(pa.string()),  # stage-1 text, one per window

@@ -16,6 +16,8 @@ def label_columns(
     analysis: list,
     fingerprint: str,
     score_std: list | None = None,
+    window_pos: list | None = None,
+    score_alt: list | None = None,
     episode_status: str = "ok",
     episode_error: str = "",
 ) -> dict:
@@ -24,6 +26,8 @@ def label_columns(
         "score_std": score_std if score_std is not None else [None] * len(score),
         "reward": reward,
         "window": window,
+        "window_pos": window_pos if window_pos is not None else [None] * len(score),
+        "score_alt": score_alt if score_alt is not None else [None] * len(score),
         "status": status,
         "message": message,
         "analysis": analysis,
