@@ -125,7 +125,8 @@ def test_label_report_needs_labels_not_ground_truth(tmp_path, capsys):
     path = write(core_only(), tmp_path / "raw")
     assert cli.main(["label-report", "--in", path, "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "carries no labels" in err and "progress" not in err  # tests/test_label_report_gtfree.py: with labels
+    # No ground truth is needed any more (tests/test_label_report_gtfree.py runs it with labels): only labels are.
+    assert "carries no labels" in err and "progress" not in err
 
 
 def test_import_and_export_name_their_formats(tmp_path, capsys):
