@@ -32,7 +32,8 @@ from rgvlm_ray.errors import UsageError
 SUCCESS_SIGNALS = ("auto", "reward", "terminated", "none")
 Z95 = 1.959963984540054  # two-sided 95% normal quantile
 SHUFFLE_SEED = 0
-# Label columns the figures read, besides `reward` (absent in label sets written before they existed).
+# Label columns the figures read; window_pos and score_alt only labelers with windows write (format.WINDOW_FIELDS), and
+# label sets written before they existed lack them.
 COLUMNS = ("score", "reward", "score_std", "window", "window_pos", "score_alt", "episode_status")
 
 
@@ -124,14 +125,12 @@ class Columns:
     """One labeler's columns over the report's episodes, as Python lists (None where absent)."""
 
     def __init__(self, table: pa.Table, name: str) -> None:
-        n = table.num_rows
-        get = lambda s: (  # noqa: E731
-            table.column(fmt.label_column(name, s)).to_pylist()
-            if fmt.label_column(name, s) in table.column_names
-            else [None] * n
-        )
-        self.values = {s: get(s) for s in COLUMNS}
-        self.present = {s: fmt.label_column(name, s) in table.column_names for s in COLUMNS}
+        columns = {s: fmt.label_column(name, s) for s in COLUMNS}
+        self.present = {s: c in table.column_names for s, c in columns.items()}
+        self.values = {
+            s: table.column(c).to_pylist() if self.present[s] else [None] * table.num_rows
+            for s, c in columns.items()
+        }
         status = self.values["episode_status"]
         self.labeled = [
             r is not None and (s is None or s == "ok")
@@ -224,22 +223,36 @@ def _scores(cols: Columns, labeled: list[int]) -> np.ndarray:
     return np.array([s for i in labeled for s in cols.values["score"][i] or [] if s is not None], dtype=float)
 
 
+def positions(window: list | None, pos: list | None) -> list | None:
+    """Each step's position in the window that scored it: `window_pos`, or the step index where the whole episode
+    is window 0 (labelers without windows, and RG-VLM episodes short enough for one window); None if unknown."""
+    if pos is not None:
+        return pos
+    if window is not None and all(w == 0 for w in window):
+        return list(range(len(window)))
+    return None
+
+
 def position_bias(cols: Columns, labeled: list[int]) -> dict:
     """Mean over windows (3+ scored steps) of Spearman(score, position in the window)."""
-    if not cols.present["window_pos"]:
-        return {"mean": None, "ci": None, "n": 0, "why": "label set has no window_pos (relabel to record it)"}
-    corrs = []
+    corrs, unknown = [], 0
     for i in labeled:
+        pos = positions(cols.values["window"][i], cols.values["window_pos"][i])
+        if pos is None:
+            unknown += 1
+            continue
         groups: dict[int, list[tuple[int, float]]] = defaultdict(list)
-        score, window, pos = (cols.values[k][i] or [] for k in ("score", "window", "window_pos"))
-        for s, w, p in zip(score, window, pos, strict=False):
+        for s, w, p in zip(cols.values["score"][i] or [], cols.values["window"][i], pos, strict=False):
             if s is not None and w is not None and p is not None:
                 groups[w].append((p, s))
         for members in groups.values():
             if len(members) >= 3:
                 p, s = np.array(members, dtype=float).T
                 corrs.append(spearman(p, s))
-    return mean_ci(corrs)
+    out = mean_ci(corrs)
+    if unknown:  # RG-VLM labels from before `window_pos` was recorded
+        out["why"] = f"{unknown} episode(s) without window_pos left out (relabel with --force to record it)"
+    return out
 
 
 def sample_spread(cols: Columns, labeled: list[int]) -> dict:
@@ -260,7 +273,7 @@ def sample_spread(cols: Columns, labeled: list[int]) -> dict:
 def overlap_disagreement(cols: Columns, labeled: list[int]) -> dict:
     """Steps two windows both scored: mean |difference|, that over the scores' spread, and their Spearman."""
     if not cols.present["score_alt"]:
-        return {"steps": 0, "abs_diff_mean": None, "why": "label set has no score_alt (relabel to record it)"}
+        return {"steps": 0, "abs_diff_mean": None, "why": "no overlapping windows recorded (score_alt)"}
     pairs = [
         (s, a)
         for i in labeled

@@ -98,7 +98,6 @@ class ClipLabeler:
             score=s[1:],
             reward=[scale * (b - a) + shift for a, b in zip(s, s[1:], strict=False)],
             window=[0] * t,
-            window_pos=list(range(t)),  # one window: the whole episode
             status=["ok"] * t,
             message=[""] * t,
             analysis=[],

@@ -36,8 +36,6 @@ def oracle_label(row: dict) -> dict:
         col("score_std"): [None] * t,
         col("reward"): [1.0 if g > 0 else 0.0 for g in gains],
         col("window"): [0] * t,
-        col("window_pos"): list(range(t)),  # one window: the whole episode
-        col("score_alt"): [None] * t,
         col("status"): ["ok"] * t,
         col("message"): [""] * t,
         col("analysis"): [],
