@@ -336,6 +336,16 @@ def _null(d: dict) -> str:
     return "" if d.get("shuffled") is None else f" (shuffled {_f(d['shuffled'])})"
 
 
+WHY = {
+    "success_auroc": "success AUROC",
+    "success_step_rank": "success-step rank",
+    "reward_agreement": "agreement with dataset reward",
+    "position_bias": "position bias",
+    "sample_spread": "spread over samples",
+    "overlap": "overlapping windows",
+}
+
+
 def markdown(reports: list[dict]) -> str:
     """The ground-truth-free tables for the `without_ground_truth` part of each labeler's report."""
     reps = [r for r in reports if r.get("without_ground_truth")]
@@ -386,6 +396,17 @@ def markdown(reports: list[dict]) -> str:
             else f"{ov['steps']}; {_f(ov['abs_diff_mean'])}; {_f(ov['ratio'])}; {_f(ov['spearman'])}"
         )
         lines.append(f"| {rep['labeler']} | {_ci(g['position_bias'])} | {spread} | {over} |")
+    why: dict[tuple[str, str], list[str]] = defaultdict(list)  # (figure, reason) -> labelers
+    for rep in reps:
+        for key, label in WHY.items():
+            if reason := rep["without_ground_truth"][key].get("why"):
+                why[(label, reason)].append(rep["labeler"])
+    if why:
+        notes = [
+            f"{label}{'' if len(who) == len(reps) else ' (' + ', '.join(who) + ')'}: {reason}"
+            for (label, reason), who in why.items()
+        ]
+        lines += ["", "n/a and partial figures: " + "; ".join(notes) + "."]
     if len(reps) > 1:
         names = [r["labeler"] for r in reps]
         lines += ["", "Agreement: mean per-episode Spearman of per-step rewards.", ""]
