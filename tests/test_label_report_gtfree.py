@@ -1,5 +1,6 @@
-"""`rgvlm label-report` without ground truth: the figures, their validation against the true rho on generated
-data, and the report on imported Minari and LeRobot datasets with two label sets (CLIP and the tiny VLM)."""
+"""`rgvlm label-report` without ground truth: the figures, and their validation against the true rho on generated
+data. The report on imported Minari and LeRobot datasets runs inside their round trips (tests/test_minari.py,
+tests/test_lerobot.py), which already import and label with CLIP: tests/label_report_checks.py."""
 
 from __future__ import annotations
 
@@ -18,9 +19,7 @@ from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labelers.noisy_oracle import noisy_label
 from rgvlm_ray.labelers.oracle import oracle_label
-from rgvlm_ray.labelers.windows import make_windows
 from tests.helpers import generated_table
-from tests.label_fixtures import tiny_clip_dir, tiny_qwen_dir
 
 NOISE = {"noisy10": 0.1, "noisy30": 0.3, "noisy60": 0.6}
 
@@ -110,71 +109,3 @@ def test_report_without_ground_truth_columns(tmp_path, capsys):
     assert "### Without ground truth" in text and "Against ground truth" not in text
     assert cli.main(["label-report", "--in", path, "--out", str(out), "--success", "sometimes"]) == 2
     assert "--success must be one of auto | reward | terminated | none" in capsys.readouterr().err
-
-
-def label_and_report(raw: str, tmp_path, capsys) -> list[dict]:
-    """Label `raw` with CLIP and with the tiny VLM (two windows per episode, two samples), then report on both."""
-    clip, vlm = str(tmp_path / "labels-clip"), str(tmp_path / "labels-rgvlm")
-    assert (
-        cli.main(["label", "--in", raw, "--out", clip, "--engine", "clip", "--model", tiny_clip_dir()]) == 0
-    )
-    hf = ["--engine", "hf", "--model", tiny_qwen_dir(), "engine.max_new_tokens_analysis=4"]
-    windows = ["labeler.window=3", "labeler.overlap=1", "labeler.num_samples=2", "engine.temperature=1.0"]
-    assert cli.main(["label", "--in", raw, "--out", vlm, *hf, *windows]) == 0
-    out = tmp_path / "report"
-    capsys.readouterr()
-    assert cli.main(["label-report", "--in", raw, "--labels", clip, "--labels", vlm, "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert "### Without ground truth" in printed and "| rgvlm |" in printed and "| clip |" in printed
-    assert "### Without ground truth" in (out / "label_report.md").read_text()
-    reports = json.loads((out / "label_report.json").read_text())
-    assert [r["labeler"] for r in reports] == ["rgvlm", "clip"]
-    by = {r["labeler"]: r["without_ground_truth"] for r in reports}
-    rows = [r for s in fmt.list_shards(raw) for r in fmt.read_shard(s, columns=["actions"]).to_pylist()]
-    # Every step two windows saw carries both scores: window 3, overlap 1 shares one step per pair of windows.
-    assert by["rgvlm"]["overlap"]["steps"] == sum(
-        len(make_windows(len(r["actions"]), 3, 1)) - 1 for r in rows
-    )
-    assert by["rgvlm"]["sample_spread"]["steps"] == sum(len(r["actions"]) for r in rows)  # two samples each
-    assert by["clip"]["overlap"]["steps"] == 0 and by["clip"]["sample_spread"]["std_mean"] is None
-    assert set(by["rgvlm"]["agreement"]) == {"clip"} and set(by["clip"]["agreement"]) == {"rgvlm"}
-    assert all(r["by_k"] == [] for r in reports)  # no ground truth in imported data
-    return reports
-
-
-def test_label_report_on_an_imported_minari_dataset(ray_cluster, tmp_path, monkeypatch, capsys):
-    pytest.importorskip("minari")
-    from rgvlm_ray.data.import_minari import register_mission_space
-    from tests.minari_fixture import chain_dataset
-
-    monkeypatch.setenv("MINARI_DATASETS_PATH", str(tmp_path / "minari"))
-    register_mission_space()
-    chain_dataset("rgvlm/report-v0", "hdf5", episodes=3, max_steps=5)
-    raw = str(tmp_path / "raw")
-    assert cli.main(["import", "minari", "rgvlm/report-v0", "--out", raw]) == 0
-    reports = label_and_report(raw, tmp_path, capsys)
-    dataset = reports[0]["without_ground_truth"]["dataset"]
-    assert dataset["episodes"] == 3 and dataset["success_signal"] in ("reward", "terminated")
-
-
-def test_label_report_on_an_imported_lerobot_dataset(ray_cluster, tmp_path, capsys):
-    pytest.importorskip("av")
-    from tests.lerobot_fixture import make_dataset
-
-    source = make_dataset(tmp_path / "lerobot")
-    raw = str(tmp_path / "raw")
-    assert (
-        cli.main(["import", "lerobot", str(source), "--camera", "observation.images.top", "--out", raw]) == 0
-    )
-    reports = label_and_report(raw, tmp_path, capsys)
-    free = reports[0]["without_ground_truth"]
-    # next.reward is 1 on each episode's last frame: a sparse success signal, every imported episode a success.
-    assert free["dataset"] | {"episodes": 0} == {
-        "episodes": 0,
-        "reward": "sparse",
-        "success_signal": "reward",
-        "success_requested": "auto",
-        "successful": 3,
-        "failed": 0,
-    }
-    assert free["success_step_rank"]["n"] == 3 and free["success_auroc"]["auroc"] is None
