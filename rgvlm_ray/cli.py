@@ -147,12 +147,17 @@ COMMANDS: dict[str, Command] = {
         ],
     ),
     "label-report": Command(
-        "label-quality report: correlation of labels with ground-truth progress, by k",
+        "label-quality report: success separation, agreement, consistency, bias; and vs ground truth where present",
         "rgvlm_ray.commands.label_report:main",
         [
             Flag("--in", "label_report.in_path", help="dataset: folder or s3:// prefix"),
             Flag("--labels", "label_report.labels", list, "label set joined to --in (repeatable)"),
             Flag("--labeler", "label_report.labeler", help="rgvlm | clip | oracle (default: all present)"),
+            Flag(
+                "--success",
+                "label_report.success",
+                help="auto | reward | terminated | none: what marks success",
+            ),
             Flag("--out", "label_report.out", help="local folder for the report files"),
             Flag("--json", "label_report.json", bool, "print JSON"),
             *STORAGE_FLAGS,

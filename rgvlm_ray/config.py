@@ -286,6 +286,9 @@ class LabelReportConfig:
     labels: list[str] = field(default_factory=list)  # label sets joined to it (rgvlm label --out)
     labeler: str = ""  # rgvlm | clip | oracle; empty: every labeler present
     out: str = "label-report"  # local folder for label_report.{md,json} and scores_hist.png
+    # What marks a successful episode: auto (a sparse reward > 0; with no reward, `terminated`; a dense reward: none)
+    # | reward | terminated | none (docs/labeling-job.md, "Label quality")
+    success: str = "auto"
     json: bool = False
 
 

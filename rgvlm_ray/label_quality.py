@@ -1,6 +1,6 @@
-"""`rgvlm label-report`: how well labels track ground-truth progress, without training anything.
+"""`rgvlm label-report`: how good labels are, without training anything.
 
-Per labeler (rgvlm, clip, oracle) and per sub-task count k:
+Against ground truth, per labeler (rgvlm, clip, oracle) and per sub-task count k:
 - Spearman rank correlation between the cumulative labeled reward and true `progress` over an episode's T+1
   states, the initial one included (in the spirit of GVL's value-order correlation). Caveat: any strictly positive reward makes the cumulative
   sum increase, which ranks well against monotone progress even when the rewards are random. So the report
@@ -10,6 +10,10 @@ Per labeler (rgvlm, clip, oracle) and per sub-task count k:
 - A histogram of raw scores (PNG).
 Unscored steps (null reward) count as 0 in the cumulative sum. Episodes whose progress or cumulative reward is
 constant have no defined correlation and are counted separately.
+
+Those figures need `progress` and `num_subtasks`, which only generated data has. Every dataset also gets the
+figures of label_quality_gtfree.py, which need no ground truth; where ground truth exists both stand side by side,
+with a check of whether the ground-truth-free figures order the labelers as the true rho does.
 """
 
 from __future__ import annotations
@@ -20,22 +24,30 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
+from rgvlm_ray import label_quality_gtfree as gtfree
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelstore.join import Source
 
 SHUFFLE_SEED = 0
+GROUND_TRUTH = ("progress", "num_subtasks")
 
 
 def load(source: Source) -> pa.Table:
     """Only the columns the report needs (no frames), joined with the label sets."""
     names = source.columns()
-    wanted = ["episode_id", "num_subtasks", "progress"]
+    wanted = ["episode_id", "rewards", "terminated", *GROUND_TRUTH]
     for n in fmt.labelers_present(names):
-        wanted += [fmt.label_column(n, "score"), fmt.label_column(n, "reward")]
+        wanted += [fmt.label_column(n, s) for s in gtfree.COLUMNS]
     tables = [source.read(shard, [c for c in wanted if c in names]) for shard in source.shards()]
     return pa.concat_tables(tables, promote_options="permissive")
+
+
+def has_ground_truth(table: pa.Table) -> bool:
+    if any(c not in table.column_names for c in GROUND_TRUTH):
+        return False
+    return table.column("progress").null_count < table.num_rows
 
 
 def _spearman(cum: np.ndarray, progress: np.ndarray) -> float | None:
@@ -104,8 +116,12 @@ def labeler_report(table: pa.Table, name: str) -> dict:
 
 
 def markdown(reports: list[dict]) -> str:
-    lines = []
-    for rep in reports:
+    """The ground-truth-free tables, then (where ground truth exists) the tables by k and the check of the order."""
+    lines = [gtfree.markdown(reports)]
+    with_truth = [rep for rep in reports if rep["by_k"]]
+    if with_truth:
+        lines += ["### Against ground truth (`progress`)", "", gtfree.orders_markdown(reports)]
+    for rep in with_truth:
         lines += [
             f"### {rep['labeler']}",
             "",
@@ -147,27 +163,28 @@ def histogram(table: pa.Table, names: list[str], path: str) -> None:
 
 
 def build(
-    path: str, labels: list[str], cfg: StorageConfig, labeler: str = ""
+    path: str, labels: list[str], cfg: StorageConfig, labeler: str = "", success: str = "auto"
 ) -> tuple[list[dict], pa.Table, list[str]]:
-    """Reports for `labeler` (or every labeler present) over the dataset at `path` joined with `labels`."""
+    """Reports for `labeler` (or every labeler present) over the dataset at `path` joined with `labels`: the
+    ground-truth-free figures always, the figures against `progress` where the dataset has it."""
+    if success not in gtfree.SUCCESS_SIGNALS:
+        raise UsageError(f"--success must be one of {' | '.join(gtfree.SUCCESS_SIGNALS)}, got {success!r}")
     source = Source(path, list(labels), cfg)
-    fmt.require_columns(
-        source.columns(),
-        ["progress", "num_subtasks"],
-        "label-report",
-        "it scores labels against ground truth",
-    )
     table = load(source)
     present = fmt.labelers_present(table.schema)
     names = [labeler] if labeler else present
     if not names:
         raise UsageError(
-            f"{path} carries no labels: label it (`rgvlm label --in {path} --out LABELS --engine oracle|clip|hf`) "
+            f"{path} carries no labels: label it (`rgvlm label --in {path} --out LABELS --engine hf|vllm|clip|...`) "
             "and pass --labels LABELS"
         )
     missing = [n for n in names if n not in present]
     if missing:
         raise UsageError(f"{path} has no {missing[0]} labels; present: {present or 'none'}")
-    if table.column("progress").null_count == table.num_rows:
-        raise UsageError(f"{path} has no ground-truth `progress`, which the report compares labels against")
-    return [labeler_report(table, n) for n in names], table, names
+    free = gtfree.figures(table, names, present, success)
+    truth = has_ground_truth(table)
+    reports = []
+    for n in names:
+        rep = labeler_report(table, n) if truth else {"labeler": n, "by_k": [], "spearman_mean_over_k": None}
+        reports.append({**rep, "without_ground_truth": free[n]})
+    return reports, table, names

@@ -46,7 +46,7 @@ def test_one_integer_score_0_to_10_per_action(labeled):
 def test_columns_follow_the_format(labeled):
     rows, out, _, fp = labeled
     for cols in out:
-        assert set(cols) == {fmt.label_column("rgvlm", s) for s in fmt.LABEL_FIELDS}
+        assert set(cols) == set(fmt.label_schema("rgvlm").names)  # LABEL_FIELDS and WINDOW_FIELDS
         assert cols[COL("fingerprint")] == fp
     table = pa.Table.from_pylist(out, schema=fmt.label_schema("rgvlm"))  # types check
     assert table.num_rows == len(rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import replace
 
@@ -127,3 +128,23 @@ def test_self_consistency_with_one_failed_sample_keeps_the_others():
     t = len(short["actions"])
     assert cols[COL("score")] == [4.0] * t and cols[COL("score_std")] == [0.0] * t
     assert cols[COL("status")] == ["ok"] * t and cols[COL("message")][0].startswith("2/3 samples usable")
+
+
+def test_overlapping_windows_keep_both_scores_and_each_step_its_position():
+    long, _ = episodes()
+    t = len(long["actions"])
+    given = lambda first, i: float((first + 3 * i) % 11)  # noqa: E731  windows disagree on shared steps
+    engine = ScriptedEngine(
+        lambda first, n, _: json.dumps({"scores": [int(given(first, i)) for i in range(n)]})
+    )
+    cols = make(engine, window=8, overlap=3).label_rows([long])[0]
+    ws = make_windows(t, 8, 3)
+    owner = owners(ws, t)
+    for step in range(t):
+        own = ws[owner[step]]
+        assert cols[COL("window_pos")][step] == step - own.start
+        assert cols[COL("score")][step] == given(own.start + 1, step - own.start)
+        other = [w for w in ws if w.id != own.id and w.start <= step < w.end]
+        want = given(other[0].start + 1, step - other[0].start) if other else None
+        assert cols[COL("score_alt")][step] == want
+    assert sum(a is not None for a in cols[COL("score_alt")]) == 3 * (len(ws) - 1)  # every overlap step

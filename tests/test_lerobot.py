@@ -20,6 +20,7 @@ from rgvlm_ray.data.import_lerobot import VideoTiming, check_video
 from rgvlm_ray.errors import UsageError
 from tests.conftest import S3_BUCKET
 from tests.label_fixtures import tiny_clip_dir
+from tests.label_report_checks import report_with_the_tiny_vlm_too
 from tests.lerobot_fixture import ACTION_NAMES, EPISODES, TASKS, action, colour, make_dataset
 
 pytest.importorskip("av")
@@ -231,6 +232,9 @@ def test_import_label_export_round_trip(ray_cluster, dataset, tmp_path):
     assert (
         cli.main(["label", "--in", raw, "--out", labels, "--engine", "clip", "--model", tiny_clip_dir()]) == 0
     )
+    # next.reward is 1 on each episode's last frame: a sparse success signal; all 3 imported episodes succeed.
+    success = report_with_the_tiny_vlm_too(raw, labels, tmp_path)
+    assert (success["success_signal"], success["successful"], success["failed"]) == ("reward", 3, 0)
     label = {r["episode_id"]: r for s in fmt.list_shards(labels) for r in pq.read_table(s).to_pylist()}
     argv = [
         "export",

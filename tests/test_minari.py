@@ -18,6 +18,7 @@ from rgvlm_ray.data.actions import ActionSpace, action_space
 from rgvlm_ray.data.import_minari import episode_row, register_mission_space
 from tests.conftest import S3_BUCKET
 from tests.label_fixtures import tiny_clip_dir
+from tests.label_report_checks import report_with_the_tiny_vlm_too
 from tests.minari_fixture import BABYAI_ENV, babyai_dataset, chain_dataset, reacher_dataset
 
 minari = pytest.importorskip("minari")
@@ -212,6 +213,7 @@ def test_import_label_export_round_trip(ray_cluster, minari_env, tmp_path):
     assert (
         cli.main(["label", "--in", raw, "--out", labels, "--engine", "clip", "--model", tiny_clip_dir()]) == 0
     )
+    assert report_with_the_tiny_vlm_too(raw, labels, tmp_path)["episodes"] == len(rows(raw))
     label_rows = {r["episode_id"]: r for s in fmt.list_shards(labels) for r in pq.read_table(s).to_pylist()}
     by_source = {r["source_episode"]: label_rows[r["episode_id"]] for r in rows(raw)}
     for mode in ("clip", "clip+sparse"):

@@ -121,11 +121,12 @@ def test_oracle_labeling_without_progress_is_refused_up_front(tmp_path, capsys):
     assert not (tmp_path / "labels").exists()  # nothing half-written
 
 
-def test_label_report_names_the_columns_it_needs(tmp_path, capsys):
+def test_label_report_needs_labels_not_ground_truth(tmp_path, capsys):
     path = write(core_only(), tmp_path / "raw")
     assert cli.main(["label-report", "--in", path, "--out", str(tmp_path / "rep")]) == 2
     err = capsys.readouterr().err
-    assert "label-report needs column(s) progress, num_subtasks" in err
+    # No ground truth is needed any more (tests/test_label_report_gtfree.py runs it with labels): only labels are.
+    assert "carries no labels" in err and "progress" not in err
 
 
 def test_import_and_export_name_their_formats(tmp_path, capsys):

@@ -13,7 +13,7 @@ from rgvlm_ray.label_quality import build, histogram, markdown
 def main(cfg: Config) -> int:
     require(cfg, "label_report.in_path")
     rc = cfg.label_report
-    reports, table, names = build(rc.in_path, list(rc.labels), cfg.storage, rc.labeler)
+    reports, table, names = build(rc.in_path, list(rc.labels), cfg.storage, rc.labeler, rc.success)
     os.makedirs(rc.out, exist_ok=True)
     hist = os.path.join(rc.out, "scores_hist.png")
     histogram(table, names, hist)

@@ -80,6 +80,14 @@ LABEL_FIELDS: dict[str, pa.DataType] = {
     "episode_status": pa.string(),  # ok | bad_input (input cannot be labeled) | error (engine failed)
     "episode_error": pa.string(),
 }
+# Labelers that judge an episode in overlapping windows (rgvlm) also write these, for label-report's position bias
+# and overlap consistency. The others see the whole episode as window 0, where the position is the step index.
+WINDOWED_LABELERS = ("rgvlm",)
+WINDOW_FIELDS: dict[str, pa.DataType] = {
+    "window_pos": pa.list_(pa.int32()),  # the action's 0-based position in the window that scored it
+    # the score the other window gave the action where two windows overlap (the merge keeps one); null elsewhere
+    "score_alt": pa.list_(pa.float32()),
+}
 
 
 def noisy_percent(name: str) -> int | None:
@@ -100,8 +108,13 @@ def label_column(labeler: str, suffix: str) -> str:
     return f"{labeler}_{suffix}"
 
 
+def label_fields(labeler: str) -> dict[str, pa.DataType]:
+    """The column suffixes `labeler` writes, with their types."""
+    return {**LABEL_FIELDS, **(WINDOW_FIELDS if labeler in WINDOWED_LABELERS else {})}
+
+
 def label_schema(labeler: str) -> pa.Schema:
-    return pa.schema([pa.field(label_column(labeler, s), t) for s, t in LABEL_FIELDS.items()])
+    return pa.schema([pa.field(label_column(labeler, s), t) for s, t in label_fields(labeler).items()])
 
 
 def _noisy_labelers(names: Iterable[str], suffixes: Iterable[str]) -> list[str]:
@@ -119,7 +132,7 @@ def labelers_in_columns(names: Iterable[str]) -> list[str]:
     found = set()
     for name in names:
         prefix, _, suffix = name.partition("_")
-        if suffix in LABEL_FIELDS and is_labeler(prefix):
+        if (suffix in LABEL_FIELDS or suffix in WINDOW_FIELDS) and is_labeler(prefix):
             found.add(prefix)
     return sorted(found)
 

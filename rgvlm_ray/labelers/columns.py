@@ -1,8 +1,9 @@
-"""The label columns every labeler writes (rgvlm_ray.data.format.LABEL_FIELDS under its own prefix)."""
+"""The label columns every labeler writes (rgvlm_ray.data.format.LABEL_FIELDS under its own prefix, and
+WINDOW_FIELDS for the labelers that judge in windows)."""
 
 from __future__ import annotations
 
-from rgvlm_ray.data.format import LABEL_FIELDS, label_column
+from rgvlm_ray.data.format import label_column, label_fields
 
 
 def label_columns(
@@ -16,6 +17,8 @@ def label_columns(
     analysis: list,
     fingerprint: str,
     score_std: list | None = None,
+    window_pos: list | None = None,
+    score_alt: list | None = None,
     episode_status: str = "ok",
     episode_error: str = "",
 ) -> dict:
@@ -31,7 +34,11 @@ def label_columns(
         "episode_status": episode_status,
         "episode_error": episode_error,
     }
-    assert values.keys() == LABEL_FIELDS.keys(), "format.LABEL_FIELDS changed: update columns.py"
+    fields = label_fields(name)
+    if "window_pos" in fields:  # null where not given: e.g. an episode that could not be labeled
+        values["window_pos"] = window_pos if window_pos is not None else [None] * len(score)
+        values["score_alt"] = score_alt if score_alt is not None else [None] * len(score)
+    assert values.keys() == fields.keys(), "format.LABEL_FIELDS or WINDOW_FIELDS changed: update columns.py"
     return {label_column(name, k): v for k, v in values.items()}
 
 

@@ -225,17 +225,30 @@ def _aggregate(w: WindowLabel) -> None:
         w.message = f"{len(good)}/{len(w.samples)} samples usable; last failure: {w.samples[-1].error}"
 
 
+def _other_score(windows: list[WindowLabel], owner: int, step: int) -> float | None:
+    """The score of `step` from the window nearest to its owner that also saw it (the merge keeps only the
+    owner's); None where no other window saw the step or that window has no scores. Kept so label-report can
+    measure how much two windows disagree on the same step (docs/labeling.md)."""
+    seen = [w for w in windows if w.window.id != owner and w.window.start <= step < w.window.end]
+    if not seen:
+        return None
+    w = min(seen, key=lambda w: abs(w.window.id - owner))
+    return w.scores[step - w.window.start] if w.scores is not None else None
+
+
 def to_columns(ep: EpisodeLabel, lcfg: LabelerConfig, fingerprint: str) -> dict:
     if ep.error is not None:
         return error_columns(NAME, ep.num_actions, ep.error, fingerprint)
     t = ep.num_actions
     owner = owners([w.window for w in ep.windows], t)
-    score, std, reward, status, message = [], [], [], [], []
+    score, std, reward, status, message, pos, alt = [], [], [], [], [], [], []
     for step, wid in enumerate(owner):
         w = ep.windows[wid]
         i = step - w.window.start
         s = w.scores[i] if w.scores is not None else None
         score.append(s)
+        pos.append(i)
+        alt.append(_other_score(ep.windows, wid, step))
         std.append(w.score_std[i] if w.score_std is not None else None)
         reward.append(None if s is None else lcfg.reward_scale * s / 10.0 + lcfg.reward_shift)
         status.append(w.status)
@@ -244,6 +257,8 @@ def to_columns(ep: EpisodeLabel, lcfg: LabelerConfig, fingerprint: str) -> dict:
         NAME,
         score=score,
         score_std=std,
+        window_pos=pos,
+        score_alt=alt,
         reward=reward,
         window=owner,
         status=status,

@@ -4,7 +4,8 @@ Merge rule (every step is scored exactly once in the output): a step inside the 
 takes its score from the window in which it sits further from the edge, i.e. the overlap is split at its
 middle; the first half belongs to the earlier window, the second half to the later one. So every step keeps
 at least overlap/2 steps of context on each side whenever the episode allows it. A step is never averaged
-across windows: the windows see different context, and their scores need not share a scale.
+across windows: the windows see different context, and their scores need not share a scale. The labeler keeps
+the other window's score of an overlap step in `score_alt`, for label-report's consistency figure.
 """
 
 from __future__ import annotations
