@@ -1,6 +1,11 @@
 """`hf` engine: transformers AutoModelForImageTextToText + AutoProcessor, batched, constrained by xgrammar.
 
 The same load path serves a hub id (Qwen/Qwen2.5-VL-7B-Instruct) and a local dir (the tiny test model).
+
+Prefix reuse (`engine.hf.prefix_reuse`, on by default): the KV cache of each conversation the caller marks
+`continued` (stage 1) is kept, and a later request that extends it (stage 2) is fed only its new tokens, with
+no pixels (prefix_cache.py). Requests without a kept prefix in the same batch are encoded in full, in their
+own `generate` call.
 """
 
 from __future__ import annotations
@@ -9,6 +14,7 @@ import inspect
 import json
 import logging
 import time
+import weakref
 from itertools import groupby
 
 from transformers import AutoConfig, AutoProcessor
@@ -135,6 +141,7 @@ class HFEngine:
         self._torch = torch
         self.image_token_id = getattr(self.model.config, "image_token_id", None)
         self.prefixes = self._prefix_store()
+        self._digest_memo: dict[int, tuple] = {}
         # transformers 5.24 renamed generate's `past_key_values` to `cache` (the GPU image has 5.17).
         params = inspect.signature(self.model.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
@@ -144,7 +151,7 @@ class HFEngine:
             return None
         model_type = self.model.config.model_type
         if model_type not in PREFIX_REUSE_MODELS:
-            log.info(
+            log.warning(
                 "prefix reuse is off for model_type %r (supported: %s); stage 2 re-encodes its prompt",
                 model_type,
                 ", ".join(PREFIX_REUSE_MODELS),
@@ -188,10 +195,12 @@ class HFEngine:
         ]
         plans: dict[int, prefix_cache.Plan] = {}
         if self.prefixes is not None and len(self.prefixes):
-            raw = self.tokenizer(texts)["input_ids"]
-            for i, r in enumerate(batch):
-                digests = tuple(prefix_cache.image_digest(im) for im in images_of(r.messages))
-                p = prefix_cache.plan(self.prefixes, raw[i], digests, self.image_token_id)
+            digests = [self._digests(r) for r in batch]
+            # Only rows over the pixels of a kept prefix can continue one (stage 1's rows never do).
+            rows = [i for i, d in enumerate(digests) if self.prefixes.candidates(d)]
+            raw = self.tokenizer([texts[i] for i in rows])["input_ids"] if rows else []
+            for i, ids in zip(rows, raw, strict=True):
+                p = prefix_cache.plan(self.prefixes, ids, digests[i], self.image_token_id)
                 if p is not None:
                     plans[i] = p
         hits = list(plans)
@@ -219,7 +228,7 @@ class HFEngine:
             ids = inputs["input_ids"].tolist()
             for i, r in enumerate(batch):
                 if r.continued:
-                    digests = tuple(prefix_cache.image_digest(im) for im in images_of(r.messages))
+                    digests = self._digests(r)
                     runs = prefix_cache.image_runs(ids[i][starts[i] :], self.image_token_id)
                     if len(runs) == len(digests):
                         columns = list(range(starts[i], width))
@@ -286,10 +295,32 @@ class HFEngine:
             for t, p, row, c in zip(texts_out, prompt_tokens, new.tolist(), cached, strict=True)
         ]
 
+    def _digests(self, request: ChatRequest) -> tuple[str, ...]:
+        """Pixel digests of a request's images, each image hashed once (stage 2 shows stage 1's image objects)."""
+        out = []
+        for image in images_of(request.messages):
+            ref, digest = self._digest_memo.get(id(image), (None, None))
+            if ref is None or ref() is not image:  # an id is reused once its image is gone
+                digest = prefix_cache.image_digest(image)
+                self._digest_memo[id(image)] = (weakref.ref(image, self._forget_digest(id(image))), digest)
+            out.append(digest)
+        return tuple(out)
+
+    def _forget_digest(self, key: int):
+        return lambda _ref: self._digest_memo.pop(key, None)
+
     def _rope_deltas(self, inputs) -> list[int]:
-        """Per row: mrope position minus token index for text after the last image (0 for text only)."""
+        """Per row: mrope position minus token index for text after the last image (0 for text only).
+
+        `generate` has just computed them for this batch and left them on the model, where transformers itself
+        reads them to continue a generation; recomputing costs a Python loop over every token.
+        """
+        n = inputs["input_ids"].shape[0]
         if inputs.get("image_grid_thw") is None:
-            return [0] * inputs["input_ids"].shape[0]
+            return [0] * n
+        kept = getattr(self.model.model, "rope_deltas", None)
+        if isinstance(kept, self._torch.Tensor) and kept.numel() == n:
+            return kept.view(-1).tolist()
         extra = {k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw") if k in inputs}
         _, deltas = self.model.model.get_rope_index(
             inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra
@@ -302,11 +333,13 @@ class HFEngine:
         """Keep one row's prompt (at `columns`) + fed answer KV, for a later call that extends it."""
         if self.prefixes is None:
             return
-        cache = getattr(result, "cache", None) or getattr(result, "past_key_values", None)
+        cache = getattr(result, "cache", None)
+        if cache is None:
+            cache = getattr(result, "past_key_values", None)
         layers = getattr(cache, "layers", None)
         if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
             # A sliding-window, quantized or static cache cannot be sliced per row like this.
-            log.info(
+            log.warning(
                 "prefix reuse is off: %s returns a %s; stage 2 re-encodes its prompt",
                 self.model_id,
                 type(cache).__name__,

@@ -222,7 +222,7 @@ def fed_length(generated: list[int], stop_ids: list[int], cache_width: int, prom
 
     The last generated token is never fed, and a finished row keeps being fed padding, which is not kept.
     """
-    fed = max(0, cache_width - prompt_width)
+    fed = min(max(0, cache_width - prompt_width), len(generated))
     for i, tok in enumerate(generated[:fed]):
         if tok in stop_ids:
             return i + 1
