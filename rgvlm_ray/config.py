@@ -117,6 +117,18 @@ class ExportConfig:
 
 
 @dataclass
+class HFEngineConfig:
+    """transformers `generate` (CPU or one GPU per actor)."""
+
+    # Stage 2 continues stage 1's KV cache instead of re-encoding the shared prefix (images included).
+    # Labels are the same either way; false re-encodes (for comparison, or a model where reuse misbehaves).
+    prefix_reuse: bool = True
+    # Tokens of kept stage-1 caches, oldest dropped first. Should hold every window of one actor call
+    # (label.episodes_per_batch episodes); Qwen2.5-VL-7B in bfloat16 needs 57 KB of KV per token.
+    prefix_cache_tokens: int = 131072
+
+
+@dataclass
 class VLLMEngineConfig:
     """vLLM (GPU nodes, `pip install 'rgvlm-ray[vllm]'`). Prefix caching is always on: stage 2 reuses stage 1."""
 
@@ -154,6 +166,7 @@ class EngineConfig:
     seed: int = 0
     batch_size: int = 8  # conversations per generate call (hf)
     timeout_s: float = 600.0  # one engine call (an hf generate batch, a vLLM chat, one HTTP request)
+    hf: HFEngineConfig = field(default_factory=HFEngineConfig)
     vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
     openai: OpenAIEngineConfig = field(default_factory=OpenAIEngineConfig)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 
 import pyarrow as pa
@@ -172,3 +173,85 @@ def test_stock_processor_class_falls_back_to_image_only(tmp_path):
         text=["<|vision_start|><|image_pad|><|vision_end|>hi"], images=[Image.new("RGB", (56, 56))]
     )
     assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]
+
+
+def _stage1_and_2(engine: HFEngine, lcfg) -> tuple[list, list]:
+    """Stage 1 on the first and last windows of the long episode, then stage 2 twice: scores and free text."""
+    from rgvlm_ray.labelers import prompts, rgvlm
+
+    ep = rgvlm.prepare_episode(episodes()[0], lcfg)
+    windows = [ep.windows[0], ep.windows[-1]]  # the last one is shorter
+    first = engine.generate([ChatRequest(w.stage1, None, 8, continued=True) for w in windows])
+    second = []
+    for w, c in zip(windows, first, strict=True):
+        conv = prompts.stage2_messages(
+            lcfg.prompt_version, w.stage1, c.text, w.window.size, w.window.start + 1
+        )
+        second.append(ChatRequest(conv, scores_schema(w.window.size), 48))
+        second.append(ChatRequest(conv, None, 12))  # free text: any position or cache error changes it
+    fresh = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Describe."}, *windows[1].stage1[1]["content"][1:3]],
+        }
+    ]
+    second.append(ChatRequest(fresh, None, 12))  # no kept prefix: fed in full, in the same engine call
+    return first, engine.generate(second)
+
+
+def sharpen_attention(engine: HFEngine, factor: float = 6.0) -> None:
+    """Scale queries and keys: the random model's attention is near uniform, so token positions (rotary) would
+    hardly change its answers, and a position error would go unseen."""
+    import torch
+
+    with torch.no_grad():
+        for layer in engine.model.model.language_model.layers:
+            layer.self_attn.q_proj.weight *= factor
+            layer.self_attn.k_proj.weight *= factor
+
+
+def test_prefix_reuse_gives_the_same_answers_as_reencoding():
+    """Greedy stage 2 continuing stage 1's KV cache answers exactly as with every prompt re-encoded."""
+    ecfg, lcfg = hf_config(window=8, overlap=2)
+    ecfg.batch_size = 3  # stage 2's free-text batch mixes kept and fresh prompts
+    runs = {}
+    for reuse in (False, True):
+        ecfg.hf.prefix_reuse = reuse
+        engine = HFEngine(ecfg)
+        sharpen_attention(engine)
+        runs[reuse] = _stage1_and_2(engine, lcfg)
+        engine.close()
+    (first_off, second_off), (first_on, second_on) = runs[False], runs[True]
+    assert [c.text for c in first_on] == [c.text for c in first_off]
+    assert [c.text for c in second_on] == [c.text for c in second_off]
+    assert all(json.loads(c.text)["scores"] for c in second_on[0:4:2])
+    assert [c.prompt_tokens for c in second_on] == [c.prompt_tokens for c in second_off]
+    assert all(c.cached_tokens is None for c in first_off + second_off)
+    assert [c.cached_tokens for c in first_on] == [0, 0]
+    # Stage 1's whole prompt (a token prefix of stage 2's) comes from its cache; the fresh prompt from nowhere.
+    stage1_prompt = [c.prompt_tokens for c in first_on for _ in (1, 2)]
+    assert all(
+        s <= c.cached_tokens < c.prompt_tokens for s, c in zip(stage1_prompt, second_on[:4], strict=True)
+    )
+    assert second_on[4].cached_tokens == 0
+
+
+def test_stage2_cached_tokens_are_counted(labeled):
+    _, _, stats, _ = labeled
+    assert stats["stage2_cached_tokens"] >= stats["stage1_prompt_tokens"] > 0
+
+
+def test_unsupported_architecture_falls_back_with_one_log_line(monkeypatch, caplog):
+    from rgvlm_ray.labelers.engines import hf
+
+    monkeypatch.setattr(hf, "PREFIX_REUSE_MODELS", ("llava",))
+    ecfg, _ = hf_config()
+    conv = [{"role": "user", "content": "Describe the goal."}]
+    with caplog.at_level(logging.INFO, logger=hf.__name__):
+        engine = HFEngine(ecfg)
+        first = engine.generate([ChatRequest(conv, None, 4, continued=True)])
+        more = [*conv, {"role": "assistant", "content": first[0].text}, {"role": "user", "content": "Score."}]
+        second = engine.generate([ChatRequest(more, None, 4)])
+    lines = [r.getMessage() for r in caplog.records if "prefix reuse is off" in r.getMessage()]
+    assert len(lines) == 1 and "qwen2_vl" in lines[0]
+    assert all(c.text is not None and c.cached_tokens is None for c in first + second)

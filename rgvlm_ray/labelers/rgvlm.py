@@ -156,7 +156,7 @@ def label_episodes(
     stats.windows += len(windows)
 
     # Stage 1, every window of every episode in one engine call (the engine batches).
-    stage1 = [ChatRequest(w.stage1, None, ecfg.max_new_tokens_analysis) for w in windows]
+    stage1 = [ChatRequest(w.stage1, None, ecfg.max_new_tokens_analysis, continued=True) for w in windows]
     for w, c in zip(windows, _run(engine, stage1), strict=True):
         stats.add(c, 1)
         if c.text is None:

@@ -69,7 +69,11 @@ def train_tokenizer(special: list[str], vocab_size: int = 512):
     return tok
 
 
-def build_qwen2_vl(out: str | Path, seed: int = 0) -> Path:
+def build_qwen2_vl(
+    out: str | Path, seed: int = 0, text: dict | None = None, vision: dict | None = None
+) -> Path:
+    """`text` and `vision` override the tiny sizes (bench/label_engine.py --size small); `mrope_section` in
+    `text` must split head_dim / 2 rotary frequencies over (time, height, width)."""
     import torch
     from transformers import PreTrainedTokenizerFast, Qwen2VLConfig, Qwen2VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
@@ -88,6 +92,8 @@ def build_qwen2_vl(out: str | Path, seed: int = 0) -> Path:
         min_pixels=28 * 28, max_pixels=224 * 224, patch_size=14, merge_size=2, temporal_patch_size=2
     )
     processor = ImageOnlyQwen2VLProcessor(image_processor, tokenizer, chat_template=QWEN_CHAT_TEMPLATE)
+    text = dict(text or {})
+    mrope_section = text.pop("mrope_section", [1, 1, 2])
     config = Qwen2VLConfig(
         text_config={
             "vocab_size": len(tokenizer),
@@ -98,10 +104,15 @@ def build_qwen2_vl(out: str | Path, seed: int = 0) -> Path:
             "num_key_value_heads": 2,
             "max_position_embeddings": 32768,
             # head_dim 8 -> 4 rotary frequencies split over (time, height, width)
-            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [1, 1, 2]},
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": mrope_section,
+            },
             "bos_token_id": ids["<|endoftext|>"],
             "eos_token_id": ids["<|im_end|>"],
             "pad_token_id": ids["<|endoftext|>"],
+            **text,
         },
         vision_config={
             "depth": 1,
@@ -112,6 +123,7 @@ def build_qwen2_vl(out: str | Path, seed: int = 0) -> Path:
             "patch_size": 14,
             "spatial_merge_size": 2,
             "temporal_patch_size": 2,
+            **(vision or {}),
         },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],

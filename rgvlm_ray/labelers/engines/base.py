@@ -21,6 +21,9 @@ class ChatRequest:
     schema: dict | None = None  # constrain the answer to this JSON schema where the engine can
     max_new_tokens: int = 256
     seed: int | None = None  # per-request sampling seed (self-consistency samples differ by seed)
+    # The caller will send this conversation again, extended (stage 1 -> stage 2): an engine with a
+    # cross-call prefix cache (hf) keeps its KV. Engines with automatic prefix caching ignore it.
+    continued: bool = False
 
 
 @dataclass

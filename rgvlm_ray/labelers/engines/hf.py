@@ -1,13 +1,20 @@
 """`hf` engine: transformers AutoModelForImageTextToText + AutoProcessor, batched, constrained by xgrammar.
 
 The same load path serves a hub id (Qwen/Qwen2.5-VL-7B-Instruct) and a local dir (the tiny test model).
+
+Prefix reuse (`engine.hf.prefix_reuse`, on by default): the KV cache of each conversation the caller marks
+`continued` (stage 1) is kept, and a later request that extends it (stage 2) is fed only its new tokens, with
+no pixels (prefix_cache.py). Requests without a kept prefix in the same batch are encoded in full, in their
+own `generate` call.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import time
+import weakref
 from itertools import groupby
 
 from transformers import AutoConfig, AutoProcessor
@@ -15,6 +22,7 @@ from transformers.models.qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl import Qwen2VLConfig, Qwen2VLProcessor
 
 from rgvlm_ray.config import EngineConfig
+from rgvlm_ray.labelers.engines import prefix_cache
 from rgvlm_ray.labelers.engines.base import (
     ChatRequest,
     Completion,
@@ -25,6 +33,8 @@ from rgvlm_ray.labelers.engines.base import (
 )
 
 log = logging.getLogger(__name__)
+# Models whose positions `prefix_cache` reproduces: Qwen's multimodal rotary positions (get_rope_index).
+PREFIX_REUSE_MODELS = ("qwen2_vl", "qwen2_5_vl")
 
 
 class ImageOnlyQwen2VLProcessor(Qwen2VLProcessor):
@@ -129,6 +139,25 @@ class HFEngine:
         self.compiler = xgr.GrammarCompiler(info)
         self._grammars: dict[str, object] = {}
         self._torch = torch
+        self.image_token_id = getattr(self.model.config, "image_token_id", None)
+        self.prefixes = self._prefix_store()
+        self._digest_memo: dict[int, tuple] = {}
+        # transformers 5.24 renamed generate's `past_key_values` to `cache` (the GPU image has 5.17).
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+
+    def _prefix_store(self) -> prefix_cache.PrefixStore | None:
+        if not self.cfg.hf.prefix_reuse:
+            return None
+        model_type = self.model.config.model_type
+        if model_type not in PREFIX_REUSE_MODELS:
+            log.warning(
+                "prefix reuse is off for model_type %r (supported: %s); stage 2 re-encodes its prompt",
+                model_type,
+                ", ".join(PREFIX_REUSE_MODELS),
+            )
+            return None
+        return prefix_cache.PrefixStore(self.cfg.hf.prefix_cache_tokens)
 
     def _grammar(self, schema: dict):
         key = json.dumps(schema, sort_keys=True)
@@ -158,21 +187,83 @@ class HFEngine:
         return [results[i] for i in range(len(requests))]
 
     def _generate_batch(self, batch: list[ChatRequest]) -> list[Completion]:
-        from xgrammar.contrib.hf import LogitsProcessor
-
-        torch = self._torch
         texts = [
             self.processor.apply_chat_template(
                 to_hf_messages(r.messages), tokenize=False, add_generation_prompt=True
             )
             for r in batch
         ]
+        plans: dict[int, prefix_cache.Plan] = {}
+        if self.prefixes is not None and len(self.prefixes):
+            digests = [self._digests(r) for r in batch]
+            # Only rows over the pixels of a kept prefix can continue one (stage 1's rows never do).
+            rows = [i for i, d in enumerate(digests) if self.prefixes.candidates(d)]
+            raw = self.tokenizer([texts[i] for i in rows])["input_ids"] if rows else []
+            for i, ids in zip(rows, raw, strict=True):
+                p = prefix_cache.plan(self.prefixes, ids, digests[i], self.image_token_id)
+                if p is not None:
+                    plans[i] = p
+        hits = list(plans)
+        misses = [i for i in range(len(batch)) if i not in plans]
+        out: dict[int, Completion] = {}
+        if misses:
+            done = self._generate_full([batch[i] for i in misses], [texts[i] for i in misses])
+            out.update(zip(misses, done, strict=True))
+        if hits:
+            done = self._generate_cached([batch[i] for i in hits], [plans[i] for i in hits])
+            out.update(zip(hits, done, strict=True))
+        return [out[i] for i in range(len(batch))]
+
+    def _generate_full(self, batch: list[ChatRequest], texts: list[str]) -> list[Completion]:
+        """Prompts encoded from scratch: images through the vision tower, every token through the LM."""
         images = [im for r in batch for im in images_of(r.messages)]
         inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
         inputs = inputs.to(self.device)
+        result = self._generate(batch, dict(inputs))
+        mask = inputs["attention_mask"]
+        width = inputs["input_ids"].shape[1]
+        starts = (width - mask.sum(dim=1)).tolist()
+        if self.prefixes is not None and any(r.continued for r in batch):
+            deltas = self._rope_deltas(inputs)
+            ids = inputs["input_ids"].tolist()
+            for i, r in enumerate(batch):
+                if r.continued:
+                    digests = self._digests(r)
+                    runs = prefix_cache.image_runs(ids[i][starts[i] :], self.image_token_id)
+                    if len(runs) == len(digests):
+                        columns = list(range(starts[i], width))
+                        self._keep(result, i, columns, width, digests, tuple(runs), deltas[i])
+        cached = [0] * len(batch) if self.prefixes is not None else [None] * len(batch)
+        return self._completions(result, width, mask.sum(dim=1).tolist(), cached)
+
+    def _generate_cached(self, batch: list[ChatRequest], plans: list[prefix_cache.Plan]) -> list[Completion]:
+        """Prompts that continue kept prefixes: only each row's uncached suffix is fed, no pixels."""
+        b = prefix_cache.assemble(plans, self.tokenizer.pad_token_id, self.device)
+        from transformers import DynamicCache
+
+        cache = DynamicCache(b.layers, config=self.model.config)
+        inputs = {
+            "input_ids": b.input_ids,
+            "attention_mask": b.attention_mask,
+            "position_ids": b.position_ids,
+            self._cache_kwarg: cache,
+        }
+        result = self._generate(batch, inputs)
+        width = b.input_ids.shape[1]
+        for i, (r, p) in enumerate(zip(batch, plans, strict=True)):
+            if r.continued:
+                pre = p.prefix
+                self._keep(result, i, b.columns[i], width, pre.images, pre.image_tokens, pre.rope_delta)
+        return self._completions(result, width, [len(p.ids) for p in plans], [p.reuse for p in plans])
+
+    def _generate(self, batch: list[ChatRequest], inputs: dict):
+        from xgrammar.contrib.hf import LogitsProcessor
+
+        torch = self._torch
         kwargs: dict = {
             "max_new_tokens": batch[0].max_new_tokens,
             "pad_token_id": self.tokenizer.pad_token_id,
+            "return_dict_in_generate": True,
         }
         if self.cfg.temperature > 0:
             kwargs.update(do_sample=True, temperature=self.cfg.temperature, top_p=self.cfg.top_p)
@@ -192,14 +283,76 @@ class HFEngine:
                 f"hf generate on {len(batch)} conversation(s) ran {elapsed:.0f}s, past engine.timeout_s="
                 f"{self.cfg.timeout_s:g}; raise it or lower engine.batch_size / max_new_tokens"
             )
-        prompt_len = inputs["input_ids"].shape[1]
-        new = out[:, prompt_len:].cpu()
-        prompt_tokens = inputs["attention_mask"].sum(dim=1).tolist()
+        return out
+
+    def _completions(
+        self, result, width: int, prompt_tokens: list[int], cached: list[int | None]
+    ) -> list[Completion]:
+        new = result.sequences[:, width:].cpu()
         texts_out = self.processor.batch_decode(new, skip_special_tokens=True)
         return [
-            Completion(text=t, prompt_tokens=int(p), completion_tokens=self._count(row))
-            for t, p, row in zip(texts_out, prompt_tokens, new.tolist(), strict=True)
+            Completion(text=t, prompt_tokens=int(p), completion_tokens=self._count(row), cached_tokens=c)
+            for t, p, row, c in zip(texts_out, prompt_tokens, new.tolist(), cached, strict=True)
         ]
+
+    def _digests(self, request: ChatRequest) -> tuple[str, ...]:
+        """Pixel digests of a request's images, each image hashed once (stage 2 shows stage 1's image objects)."""
+        out = []
+        for image in images_of(request.messages):
+            ref, digest = self._digest_memo.get(id(image), (None, None))
+            if ref is None or ref() is not image:  # an id is reused once its image is gone
+                digest = prefix_cache.image_digest(image)
+                self._digest_memo[id(image)] = (weakref.ref(image, self._forget_digest(id(image))), digest)
+            out.append(digest)
+        return tuple(out)
+
+    def _forget_digest(self, key: int):
+        return lambda _ref: self._digest_memo.pop(key, None)
+
+    def _rope_deltas(self, inputs) -> list[int]:
+        """Per row: mrope position minus token index for text after the last image (0 for text only).
+
+        `generate` has just computed them for this batch and left them on the model, where transformers itself
+        reads them to continue a generation; recomputing costs a Python loop over every token.
+        """
+        n = inputs["input_ids"].shape[0]
+        if inputs.get("image_grid_thw") is None:
+            return [0] * n
+        kept = getattr(self.model.model, "rope_deltas", None)
+        if isinstance(kept, self._torch.Tensor) and kept.numel() == n:
+            return kept.view(-1).tolist()
+        extra = {k: inputs[k] for k in ("mm_token_type_ids", "image_grid_thw") if k in inputs}
+        _, deltas = self.model.model.get_rope_index(
+            inputs["input_ids"], attention_mask=inputs["attention_mask"], **extra
+        )
+        return deltas.view(-1).tolist()
+
+    def _keep(
+        self, result, row: int, columns: list[int], width: int, images, image_tokens, delta: int
+    ) -> None:
+        """Keep one row's prompt (at `columns`) + fed answer KV, for a later call that extends it."""
+        if self.prefixes is None:
+            return
+        cache = getattr(result, "cache", None)
+        if cache is None:
+            cache = getattr(result, "past_key_values", None)
+        layers = getattr(cache, "layers", None)
+        if layers is None or any(type(layer).__name__ != "DynamicLayer" for layer in layers):
+            # A sliding-window, quantized or static cache cannot be sliced per row like this.
+            log.warning(
+                "prefix reuse is off: %s returns a %s; stage 2 re-encodes its prompt",
+                self.model_id,
+                type(cache).__name__,
+            )
+            self.prefixes = None
+            return
+        cache_width = cache.get_seq_length()
+        seq = result.sequences[row].tolist()
+        end = width + prefix_cache.fed_length(seq[width:], self.eos_ids, cache_width, width)
+        columns = [*columns, *range(width, end)]
+        kv = prefix_cache.take([(layer.keys, layer.values) for layer in layers], row, columns)
+        ids = [seq[c] for c in columns]
+        self.prefixes.add(prefix_cache.Prefix(ids, images, image_tokens, kv, int(delta)))
 
     def _count(self, row: list[int]) -> int:
         """Generated tokens up to and including the first stop token (the rest is padding)."""
@@ -211,3 +364,5 @@ class HFEngine:
     def close(self) -> None:
         self.model = None
         self._grammars.clear()
+        if self.prefixes is not None:
+            self.prefixes.clear()
