@@ -44,7 +44,9 @@ from rgvlm_ray.labeling.plan import input_shards, inventory, record_current, wit
 from rgvlm_ray.labelstore import layout
 
 log = logging.getLogger(__name__)
-CACHING_ENGINES = {"vllm": 1.0}  # the prefix share an engine serves from cache by default (vllm: all of it)
+# The prefix share an engine serves from cache by default: vllm's prefix cache and the hf engine's prefix reuse
+# (engine.hf.prefix_reuse, issue 19) serve all of it; openai depends on the server.
+CACHING_ENGINES = {"vllm": 1.0, "hf": 1.0}
 
 
 class TokenCounter:
@@ -391,7 +393,7 @@ def assumptions(cfg: Config, cal: Calibration | None) -> Assumptions:
         "prefix_cache",
         p.prefix_cache,
         cal and cal.prefix_cache,
-        CACHING_ENGINES.get(ecfg.kind, 0.0),
+        0.0 if ecfg.kind == "hf" and not ecfg.hf.prefix_reuse else CACHING_ENGINES.get(ecfg.kind, 0.0),
         "engine default",
     )
     if not 0.0 <= cache <= 1.0:
