@@ -64,6 +64,17 @@ def s3_server() -> Iterator[StorageConfig]:
 
 
 @pytest.fixture
+def one_thread() -> Iterator[None]:
+    """One torch thread for the test: timings and learning runs that must not depend on idle OpenMP threads."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def s3_env(s3_server: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> StorageConfig:
     """The same server reached through the standard AWS environment variables, as a user's CLI would."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url or "")

@@ -7,7 +7,6 @@ Ray Train path). Evaluated on a fixed set of seen missions with fixed sampling s
 from __future__ import annotations
 
 import pyarrow as pa
-import pytest
 import torch
 
 from rgvlm_ray.config import EnvConfig, IQLConfig
@@ -21,14 +20,6 @@ from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelers.oracle import oracle_label
 
 EPISODES, STEPS, EVAL_MISSIONS = 40, 500, 30
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def k1_dataset(env: EnvConfig) -> pa.Table:

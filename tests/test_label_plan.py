@@ -51,17 +51,6 @@ def config(in_path: str, *extra: str) -> Config:
     )
 
 
-@pytest.fixture
-def one_thread():
-    """One torch thread while timing: idle OpenMP threads spin, and their CPU time varies with the load."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_counts_are_exact_and_the_time_holds_against_a_real_run(sample, one_thread):
     plan = cost.plan_run(config(sample, "plan.calibrate=2"), clock=CLOCK)
     assert plan["calibration"]["windows"] == 2
