@@ -36,7 +36,8 @@ def import_vllm():
 
 def llm_kwargs(cfg: EngineConfig, labeler: LabelerConfig) -> dict:
     """Arguments for `vllm.LLM(...)`."""
-    images = cfg.vllm.limit_mm_per_prompt or labeler.window + 1
+    # RG-VLM shows a window's window + 1 frames; GVL adds the episode's first frame as its 0% anchor.
+    images = cfg.vllm.limit_mm_per_prompt or labeler.window + (2 if labeler.strategy == "gvl" else 1)
     return {
         "model": cfg.model,
         "revision": cfg.revision,
