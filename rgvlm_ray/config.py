@@ -421,7 +421,8 @@ class StudyConfig:
     out: str = ""  # required: folder or s3:// prefix for data, labels, runs, evals, study.md and study.json
     in_path: str = ""  # raw dataset; empty: generated into OUT/data/raw with generate.* (reused if there)
     # Labelers, each labeling the raw data into its own label set OUT/data/labels-NAME: oracle | noisyNN (the
-    # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | rgvlm (engine.*).
+    # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | blip2 | roboclip (study.*_model)
+    # | rgvlm | gvl (engine.*; gvl: labeler.strategy=gvl).
     labelers: list[str] = field(
         default_factory=lambda: ["oracle", "noisy10", "noisy30", "noisy60", "clip", "rgvlm"]
     )
@@ -444,6 +445,8 @@ class StudyConfig:
     # parallel x train.workers x train.cpus_per_worker <= CPUs - 1, or Ray Data's tasks starve (stack.md).
     parallel: int = 2
     clip_model: str = ""  # empty: a tiny random CLIP built under OUT/models (noise)
+    blip2_model: str = ""  # empty: a tiny random BLIP-2 (e.g. Salesforce/blip2-itm-vit-g on a GPU)
+    roboclip_model: str = ""  # empty: a tiny random X-CLIP (e.g. microsoft/xclip-base-patch32 on a GPU)
 
 
 @dataclass

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = "X"  # the labeler placeholder in study.modes
 ABLATION_TEMPLATE = "X+sparse"
 ABLATION_MODE = "oracle+sparse"  # the arm the context ablation varies
-FIXED_LABELERS = ("oracle", "clip", "rgvlm")
+FIXED_LABELERS = ("oracle", "clip", "blip2", "roboclip", "rgvlm", "gvl")
 BASELINES = ("bc", "filtered_bc")
 CEILING = "bc_expert"  # BC on noise-free expert data: the architecture's ceiling
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -111,7 +111,7 @@ def validate(cfg: Config) -> None:
     for name in s.labelers:
         if name not in FIXED_LABELERS and fmt.noisy_percent(name) is None:
             raise UsageError(
-                f"study.labelers: unknown labeler {name!r}; use oracle, clip, rgvlm or noisyNN (e.g. noisy30)"
+                f"study.labelers: unknown labeler {name!r}; use {', '.join(FIXED_LABELERS)} or noisyNN (e.g. noisy30)"
             )
     if len(set(s.labelers)) != len(s.labelers):
         raise UsageError(f"study.labelers lists a labeler twice: {s.labelers}")
@@ -122,8 +122,9 @@ def validate(cfg: Config) -> None:
         if TEMPLATE not in template.split("+"):
             raise UsageError(f"study.modes: {template!r} has no {TEMPLATE} term (e.g. X or X+sparse)")
         reward_terms(substitute(template, "oracle"))  # UsageError for a malformed mode
-    if "rgvlm" in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
-        raise UsageError(f"labeler rgvlm needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
+    for lvlm in ("rgvlm", "gvl"):
+        if lvlm in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
+            raise UsageError(f"labeler {lvlm} needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
     unknown = sorted(set(s.baselines) - set(BASELINES))
     if unknown:
         raise UsageError(f"study.baselines: unknown {unknown}; choose from {list(BASELINES)}")
@@ -195,15 +196,19 @@ def expert_data(ws: Workspace) -> str:
 
 def models(ws: Workspace) -> None:
     """Tiny random stand-ins for the models a listed labeler needs and the config leaves empty (noise)."""
-    from rgvlm_ray.labelers.tiny_vlm import build_clip, build_qwen2_vl
+    from rgvlm_ray.labelers.tiny_vlm import build_blip2, build_clip, build_qwen2_vl, build_xclip
 
     cfg = ws.cfg
-    if "rgvlm" in cfg.study.labelers and not cfg.engine.model:
+    if {"rgvlm", "gvl"} & set(cfg.study.labelers) and not cfg.engine.model:
         ws.tiny_vlm = True
         cfg.engine.model = tiny_model(ws, "tiny-qwen2-vl", build_qwen2_vl)
     if "clip" in cfg.study.labelers and not cfg.study.clip_model:
         ws.tiny_clip = True
         cfg.study.clip_model = tiny_model(ws, "tiny-clip", build_clip)
+    if "blip2" in cfg.study.labelers and not cfg.study.blip2_model:
+        cfg.study.blip2_model = tiny_model(ws, "tiny-blip2", build_blip2)
+    if "roboclip" in cfg.study.labelers and not cfg.study.roboclip_model:
+        cfg.study.roboclip_model = tiny_model(ws, "tiny-xclip", build_xclip)
 
 
 def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfig]:
@@ -215,9 +220,15 @@ def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfi
         )
     if name == "oracle":
         return replace(cfg.engine, kind="oracle", model=""), cfg.labeler
-    if name == "clip":
-        return replace(cfg.engine, kind="clip", model=cfg.study.clip_model), cfg.labeler
-    return cfg.engine, cfg.labeler  # rgvlm: the configured LVLM engine
+    if name in ("clip", "blip2", "roboclip"):
+        model = {
+            "clip": cfg.study.clip_model,
+            "blip2": cfg.study.blip2_model,
+            "roboclip": cfg.study.roboclip_model,
+        }
+        return replace(cfg.engine, kind=name, model=model[name]), cfg.labeler
+    # rgvlm and gvl: the configured LVLM engine, with their prompting strategy
+    return cfg.engine, replace(cfg.labeler, strategy=name)
 
 
 @dataclass

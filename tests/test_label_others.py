@@ -292,3 +292,32 @@ def test_all_three_label_an_imported_lerobot_dataset_on_s3(ray_cluster, s3_env, 
     reports = report(raw, sets, tmp_path / "report")
     assert [r["labeler"] for r in reports] == ["gvl", "blip2", "roboclip"]
     assert all(r["by_k"] == [] and r["without_ground_truth"]["episodes_labeled"] == 3 for r in reports)
+
+
+def test_gvl_prompts_hold_one_more_image_and_vllm_limits_are_checked():
+    from rgvlm_ray.errors import UsageError
+    from rgvlm_ray.labelers.engines.vllm import llm_kwargs
+
+    ecfg, lcfg = cfg("vllm", "m", strategy="gvl", window=16)
+    assert llm_kwargs(ecfg, lcfg)["limit_mm_per_prompt"] == {"image": 18}
+    ecfg.vllm.limit_mm_per_prompt = 17  # enough for RG-VLM's window + 1, not for GVL's anchor too
+    assert llm_kwargs(ecfg, replace(lcfg, strategy="rgvlm"))["limit_mm_per_prompt"] == {"image": 17}
+    with pytest.raises(UsageError, match="limit_mm_per_prompt=17"):
+        llm_kwargs(ecfg, lcfg)
+    with pytest.raises(UsageError, match="labeler.strategy"):
+        build_labeler(*cfg("hf", "m", strategy="progress"))
+
+
+def test_the_cluster_study_lists_every_labeler_with_the_settings_that_write_its_columns():
+    from rgvlm_ray.labelers import labeler_name
+    from rgvlm_ray.study import labeler_settings, validate
+
+    c = load_config(["study-cluster"], dotlist=["study.out=s3://bucket/study"])
+    assert {"oracle", "clip", "blip2", "roboclip", "rgvlm", "gvl"} <= set(c.study.labelers)
+    validate(c)
+    for name in c.study.labelers:
+        engine, labeler = labeler_settings(c, name)
+        assert labeler_name(engine.kind, labeler) == name
+    assert labeler_settings(c, "blip2")[0].model == "Salesforce/blip2-itm-vit-g"
+    assert labeler_settings(c, "roboclip")[0].model == "microsoft/xclip-base-patch32"
+    assert labeler_settings(c, "gvl")[0].model == labeler_settings(c, "rgvlm")[0].model
