@@ -321,3 +321,15 @@ def test_the_cluster_study_lists_every_labeler_with_the_settings_that_write_its_
     assert labeler_settings(c, "blip2")[0].model == "Salesforce/blip2-itm-vit-g"
     assert labeler_settings(c, "roboclip")[0].model == "microsoft/xclip-base-patch32"
     assert labeler_settings(c, "gvl")[0].model == labeler_settings(c, "rgvlm")[0].model
+
+
+def test_label_episode_shows_gvl_windows_with_their_shuffle(capsys):
+    _, short = episodes()
+    argv = ["label-episode", "--in", dataset_dir(), "--episode", short["episode_id"], "--json"]
+    argv += ["--engine", "hf", "--model", hf_config()[0].model, "labeler.strategy=gvl", "labeler.window=2"]
+    argv += ["labeler.overlap=0", "engine.max_new_tokens_analysis=4"]
+    assert cli.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["labeler"] == "gvl" and len(out["scores"]) == len(short["actions"])
+    orders = [w["shown_order"] for w in out["windows"]]
+    assert sorted(orders[0]) == [1, 2] and sorted(orders[1]) == [2, 3, 4]  # window 0's frame 0 is the anchor
