@@ -90,6 +90,7 @@ def s3_env(s3_server: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> Storage
 # cpu-2core (BENCHMARKS.md, "Test suite"); a file not listed weighs 10.
 SHARD_WEIGHTS = {
     "test_study.py": 200,
+    "test_label_others.py": 250,
     "test_label_paths.py": 150,
     "test_label_store.py": 120,
     "test_label_faults.py": 110,
