@@ -331,3 +331,20 @@ def test_label_episode_shows_gvl_windows_with_their_shuffle(capsys):
     assert out["labeler"] == "gvl" and len(out["scores"]) == len(short["actions"])
     orders = [w["shown_order"] for w in out["windows"]]
     assert sorted(orders[0]) == [1, 2] and sorted(orders[1]) == [2, 3, 4]  # window 0's frame 0 is the anchor
+
+
+def test_label_plan_refuses_gvl_in_one_line(capsys):
+    argv = [
+        "label",
+        "--plan",
+        "--in",
+        dataset_dir(),
+        "--engine",
+        "hf",
+        "--model",
+        "m",
+        "labeler.strategy=gvl",
+    ]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "labeler.strategy=rgvlm only" in err[0]
