@@ -190,7 +190,7 @@ COMMANDS: dict[str, Command] = {
             Flag("--checkpoint", "eval.checkpoint", help="run folder or one checkpoint"),
             Flag("--out", "eval.out", help="folder for eval.json, eval.md and eval.png"),
             Flag("--episodes-per-k", "eval.episodes_per_k", int),
-            Flag("--split", "eval.split", help="seen | randomized"),
+            Flag("--split", "eval.split", help="seen | randomized | novel (docs/study.md)"),
             Flag("--max-steps", "eval.max_steps", int, "episode step limit (default: the env's)"),
             Flag("--policy", "eval.policy", help="greedy (the mode of pi, default) | sample"),
             *STORAGE_FLAGS,

@@ -362,7 +362,7 @@ class EvalConfig:
     checkpoint: str = ""  # required: a run folder (latest checkpoint) or one checkpoint folder
     out: str = ""  # required
     episodes_per_k: int = 10
-    split: str = "seen"  # seen | randomized
+    split: str = "seen"  # seen | randomized | novel (env.SPLIT_DEFINITIONS)
     num_cpus_per_task: float = 0.5
     episodes_per_task: int = 5  # one Ray task per (k, chunk of this many missions)
     max_steps: int | None = None  # None: the environment's budget

@@ -112,6 +112,7 @@ SHARD_WEIGHTS = {
     "test_label_openai_serve.py": 30,
     "test_iql_learning.py": 30,
     "test_generate_cli.py": 30,
+    "test_mission_pool.py": 30,
 }
 
 

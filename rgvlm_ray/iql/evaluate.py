@@ -23,13 +23,14 @@ from rgvlm_ray.config import Config, EnvConfig, StorageConfig
 from rgvlm_ray.data.env import (
     MAX_SUBTASKS,
     NUM_ACTIONS,
+    SPLIT_DEFINITIONS,
+    SPLITS,
     EpisodeSpec,
     Policy,
     derive_seed,
     find_mission,
     rollout,
 )
-from rgvlm_ray.data.format import SPLITS
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
 from rgvlm_ray.iql.data import decode_observations
@@ -243,6 +244,9 @@ def run_missions(
                 "subtasks": r.subtasks_done,
                 "ret": r.ret,
                 "steps": r.steps,
+                "mission": r.mission,
+                "mission_attempt": spec.attempt,
+                "substituted": spec.substituted,
             }
         )
     return out
@@ -266,7 +270,10 @@ def _chunk_task(
     policy_for = checkpoint_policy(net, vocab, greedy, seed)
     image = net.spec.obs_mode == "image"
     env_cfg = EnvConfig(**env)
-    return run_missions(env_cfg, policy_for, k, indices, pool_seed, split, max_steps, image, stall_steps)
+    rows = run_missions(env_cfg, policy_for, k, indices, pool_seed, split, max_steps, image, stall_steps)
+    for row in rows:  # mapped to <unk> by the policy (a warning each); counted in eval.json
+        row["unknown_words"] = vocab.unknown_words(row["mission"])
+    return rows
 
 
 def summarize(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -360,6 +367,12 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
             f"--checkpoint {e.checkpoint}: no checkpoint there (run `rgvlm train --out ...` first)"
         )
     run = read_json(checkpoint, "run.json", cfg.storage)
+    if e.split != "seen" and run.get("pool_seed") is None:
+        raise UsageError(
+            f"--split {e.split}: the checkpoint's training data was not made by `rgvlm generate` (imported, or "
+            "without its generator metadata), so there is no mission pool to draw new missions or placements from; "
+            "evaluate it with --split seen, or in your own environment"
+        )
     pool_seed = run.get("pool_seed")
     if pool_seed is None:
         pool_seed = cfg.generate.seed
@@ -399,6 +412,14 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         "seed": run.get("seed"),
         "context": run.get("context"),
         "split": e.split,
+        "split_definition": SPLIT_DEFINITIONS[e.split],
+        # randomized: missions whose seen twin had no accepted placement, replaced by the pool's next draw
+        "substitutions": [
+            {"k": ep["k"], "index": ep["index"], "mission_attempt": ep["mission_attempt"]}
+            for ep in episodes
+            if ep["substituted"]
+        ],
+        "unknown_word_missions": sum(bool(ep["unknown_words"]) for ep in episodes),
         "label": label,
         "episodes_per_k": e.episodes_per_k,
         "policy": e.policy,
