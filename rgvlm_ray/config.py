@@ -379,6 +379,8 @@ class EvalConfig:
     agreement_episodes_per_k: int = (
         4  # those fresh episodes, replayed from the training data's behaviour; 0: off
     )
+    # Fit (issue 23): agreement of argmax pi with the run's own training actions, on this many training episodes
+    train_agreement_episodes: int = 60
     seed: int = 0
 
 

@@ -43,6 +43,7 @@ POLICY_STREAM = 0x504F4C49  # per-episode sampling seeds, independent of how mis
 
 POLICIES = ("greedy", "sample")
 HELDOUT_STREAM = 0x48454C44  # the agreement episodes' mission pool: never the training data's
+FIT_THRESHOLD = 0.97  # training-action agreement from which a run counts as fitting its data (issue 23)
 
 PolicyFor = Callable[[EpisodeSpec], Policy]
 
@@ -105,17 +106,20 @@ def episode_windows(obs: np.ndarray, actions: np.ndarray, context: int) -> tuple
 
 
 @torch.no_grad()
-def expert_agreement(net: IQLNet, vocab: Vocab, episodes: list[dict[str, Any]]) -> dict[str, Any]:
+def expert_agreement(
+    net: IQLNet, vocab: Vocab, episodes: list[dict[str, Any]], target: str = "expert_actions"
+) -> dict[str, Any]:
     """The share of states where argmax pi equals the bot's suggested action (`expert_actions`), over the states
     a behaviour episode visits. No rollouts: it shows directly whether the learner filters the behaviour's noise.
-    Each episode dict: goal, obs (T+1, ...) uint8, actions (T,), expert_actions (T,), k."""
+    Each episode dict: goal, obs (T+1, ...) uint8, actions (T,), expert_actions (T,), k.
+    `target="actions"`: agreement with the episode's own actions, i.e. how well the policy fits its data."""
     hits, by_k = 0, {}
     total = 0
     for ep in episodes:
         obs, prev, valid = episode_windows(ep["obs"], ep["actions"], net.spec.context)
         ids, lengths = vocab.encode([ep["goal"]] * len(prev))
         logits = net.logits(obs, prev, valid, torch.from_numpy(ids), torch.from_numpy(lengths))
-        agree = (logits.argmax(-1).numpy() == np.asarray(ep["expert_actions"])).astype(int)
+        agree = (logits.argmax(-1).numpy() == np.asarray(ep[target])).astype(int)
         hits, total = hits + int(agree.sum()), total + len(agree)
         h, n = by_k.get(ep["k"], (0, 0))
         by_k[ep["k"]] = (h + int(agree.sum()), n + len(agree))
@@ -126,16 +130,62 @@ def expert_agreement(net: IQLNet, vocab: Vocab, episodes: list[dict[str, Any]]) 
     }
 
 
-def table_episodes(table: Any) -> list[dict[str, Any]]:
-    """Format rows with `symbolic` and `expert_actions` -> expert_agreement's episodes (k 0 when unknown)."""
+def table_episodes(table: Any, need_expert: bool = True) -> list[dict[str, Any]]:
+    """Format rows with `symbolic` and `expert_actions` -> expert_agreement's episodes (k 0 when unknown).
+    `need_expert=False`: rows without expert actions too (for agreement with the data's own actions)."""
     ks = table.column("num_subtasks").to_pylist() if "num_subtasks" in table.column_names else None
-    cols = [table.column(c).to_pylist() for c in ("goal", "symbolic", "actions", "expert_actions")]
+    names = ("goal", "symbolic", "actions", "expert_actions")
+    cols = [
+        table.column(c).to_pylist() if c in table.column_names else [None] * table.num_rows for c in names
+    ]
     return [
         {"goal": g, "obs": decode_observations(o, "symbolic"), "actions": np.asarray(a), "expert_actions": e,
          "k": ks[i] if ks else 0}
         for i, (g, o, a, e) in enumerate(zip(*cols, strict=True))
-        if a and e is not None
+        if a and (e is not None or not need_expert)
     ]  # fmt: skip
+
+
+def training_episodes(run: dict[str, Any], cfg: Config, count: int) -> list[dict[str, Any]]:
+    """Up to `count` of the run's own training episodes, spread over its shards (the first ones of each)."""
+    from rgvlm_ray.data import format as fmt
+
+    shards = fmt.list_shards(run["in_path"], cfg.storage)
+    per_shard = max(1, -(-count // len(shards)))
+    out: list[dict[str, Any]] = []
+    for shard in shards:
+        table = fmt.read_shard(shard, cfg.storage, columns=["goal", "symbolic", "actions", "num_subtasks"])
+        out += table_episodes(table.slice(0, per_shard), need_expert=False)
+        if len(out) >= count:
+            break
+    return out[:count]
+
+
+def train_agreement_result(net: IQLNet, vocab: Vocab, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
+    """Does the policy fit its own data? argmax pi vs the training episodes' own actions (issue 23). A learner
+    that does not fit its data (below FIT_THRESHOLD) cannot show what its reward is worth."""
+    count = cfg.eval.train_agreement_episodes
+    if count <= 0:
+        return {
+            "train_agreement": None,
+            "train_agreement_note": "not measured: eval.train_agreement_episodes=0",
+        }
+    if net.spec.obs_mode != "symbolic":
+        return {"train_agreement": None, "train_agreement_note": "not measured: iql.obs_mode=image"}
+    try:
+        episodes = training_episodes(run, cfg, count)
+    except (OSError, UsageError, KeyError) as exc:  # the training data moved or was deleted since
+        return {
+            "train_agreement": None,
+            "train_agreement_note": f"not available: {run.get('in_path')}: {exc}",
+        }
+    result = expert_agreement(net, vocab, episodes, target="actions")
+    return {
+        "train_agreement": None if result["agreement"] is None else round(result["agreement"], 4),
+        "train_agreement_states": result["states"],
+        "train_agreement_by_k": result["by_k"],
+        "fits_training_data": None if result["agreement"] is None else result["agreement"] >= FIT_THRESHOLD,
+    }
 
 
 def heldout_episodes(run: dict[str, Any], per_k: int) -> list[dict[str, Any]]:
@@ -202,7 +252,8 @@ def agreement_result(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[
 
 def _agreement_task(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
     torch.set_num_threads(1)
-    return agreement_result(checkpoint, run, cfg)
+    net, vocab, _ = load_policy(checkpoint, cfg.storage)
+    return {**agreement_result(checkpoint, run, cfg), **train_agreement_result(net, vocab, run, cfg)}
 
 
 def unavailable(reason: str) -> dict[str, Any]:
