@@ -13,10 +13,10 @@ import pyarrow.compute as pc
 import pytest
 
 from rgvlm_ray import cli
-from rgvlm_ray import label_quality as lq
-from rgvlm_ray import label_quality_gtfree as gt
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.label_quality import gtfree as gt
+from rgvlm_ray.label_quality import report as lq
 from rgvlm_ray.labelers.noisy_oracle import noisy_label
 from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table

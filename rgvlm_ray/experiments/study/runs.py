@@ -11,7 +11,7 @@
    `study.parallel` of them run side by side, each from a driver thread: Ray Train V2's `TorchTrainer.fit()` works
    from threads, and threads cost nothing while they wait. After training, each run's checkpoint is read back
    and the study stops with an error naming the run if its reward, seed or context is not its arm's.
-4. study.md, plots and study.json (study_report.py).
+4. study.md, plots and study.json (study/report.py).
 
 A rerun on the same OUT reuses everything finished: data, labels the manifests say are current, runs whose latest
 checkpoint reached `train.steps` (not retrained) and evaluations of that very checkpoint step (not recomputed).
@@ -33,7 +33,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config, EngineConfig, LabelerConfig, redacted
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.workspace import NOISE_WARNING, Stage, Workspace, has_shards, tiny_model
+from rgvlm_ray.experiments.workspace import NOISE_WARNING, Stage, Workspace, has_shards, tiny_model
 
 log = logging.getLogger(__name__)
 TEMPLATE = "X"  # the labeler placeholder in study.modes
@@ -300,7 +300,7 @@ def label_all(ws: Workspace, raw: str) -> tuple[dict[str, dict[str, Any]], Corpu
 
 def label_quality(ws: Workspace, corpus: Corpus, names: list[str]) -> dict[str, Any]:
     """Per labeler: Spearman rho of cumulative labels vs. true progress (mean over k) and the shuffled baseline."""
-    from rgvlm_ray import label_quality as label_report
+    from rgvlm_ray.label_quality import report as label_report
 
     if not names:
         return {"reports": [], "by_labeler": {}}
@@ -626,9 +626,9 @@ def reused_lists(records: list[dict[str, Any]]) -> dict[str, list[str]]:
 
 def run(cfg: Config) -> dict[str, Any]:
     """The whole study; returns what study.json holds (also written to OUT/study.json with study.md)."""
+    from rgvlm_ray.experiments.study.report import report_files
     from rgvlm_ray.iql.evaluate import write_outputs
     from rgvlm_ray.ray_utils import init_ray
-    from rgvlm_ray.study_report import report_files
 
     validate(cfg)
     cfg = copy.deepcopy(cfg)  # tiny model paths are filled in below

@@ -12,7 +12,7 @@ Unscored steps (null reward) count as 0 in the cumulative sum. Episodes whose pr
 constant have no defined correlation and are counted separately.
 
 Those figures need `progress` and `num_subtasks`, which only generated data has. Every dataset also gets the
-figures of label_quality_gtfree.py, which need no ground truth; where ground truth exists both stand side by side,
+figures of gtfree.py, which need no ground truth; where ground truth exists both stand side by side,
 with a check of whether the ground-truth-free figures order the labelers as the true rho does.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
-from rgvlm_ray import label_quality_gtfree as gtfree
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.label_quality import gtfree
 from rgvlm_ray.labelstore.join import Source
 
 SHUFFLE_SEED = 0

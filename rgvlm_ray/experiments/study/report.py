@@ -1,4 +1,4 @@
-"""study.md and its plots, from what `rgvlm study` read back (the dict study.py writes as study.json).
+"""study.md and its plots, from what `rgvlm study` read back (the dict study/runs.py writes as study.json).
 
 Rows are labelled from each run's checkpoint (its `reward` and context), never from folder names. Every cell is
 a mean over seeds with a 95% confidence interval from the t distribution (n - 1 degrees of freedom): the
@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from rgvlm_ray import label_quality as label_report
+from rgvlm_ray.experiments.workspace import NOISE_WARNING
 from rgvlm_ray.iql.evaluate import KS, plot_png
-from rgvlm_ray.workspace import NOISE_WARNING
+from rgvlm_ray.label_quality import report as label_report
 
 CONFIDENCE = 0.95
 METRICS = {"subtask_completion": "proportion of sub-tasks completed", "success_rate": "success rate"}
