@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.experiments.study.runs import run
+from rgvlm_ray.experiments.study.pipeline import run
 from rgvlm_ray.experiments.workspace import NOISE_WARNING
 
 
