@@ -13,11 +13,7 @@ from scipy import stats
 from rgvlm_ray.iql.evaluate import KS
 
 CONFIDENCE = 0.95
-
-
 METRICS = {"subtask_completion": "proportion of sub-tasks completed", "success_rate": "success rate"}
-
-
 LONG_K = 3  # "long horizon": the comparison section looks at k >= 3
 
 
