@@ -13,7 +13,7 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.env import find_mission
 from rgvlm_ray.data.generate import FrameRenderer, build_shard, episode_plan, generate_episode
 from rgvlm_ray.data.inspect import Behaviour
-from rgvlm_ray.iql.evaluate import (
+from rgvlm_ray.iql.agreement import (
     agreement_result,
     episode_windows,
     expert_agreement,
