@@ -340,7 +340,8 @@ class StudyConfig:
     # Per-labeler overrides of `modes`, e.g. {noisy30: [X+sparse]}: fewer arms where a mode says nothing new.
     modes_for: dict[str, list[str]] = field(default_factory=dict)
     seeds: int = 3  # training runs per arm, train.seed = 0 .. seeds-1
-    splits: list[str] = field(default_factory=lambda: ["seen", "randomized"])  # each run is evaluated on all
+    # each run is evaluated on all (docs/study.md, "Which claim each split tests")
+    splits: list[str] = field(default_factory=lambda: ["seen", "randomized", "novel"])
     contexts: list[int] = field(default_factory=lambda: [1])  # ablation: oracle+sparse at these iql.context
     # Baselines on the sparse reward (docs/study.md): bc (behaviour cloning) and filtered_bc (BC on the top
     # iql.filter_top of episodes by return, CORL's BC-N%); and BC on noise-free expert data of the same missions,

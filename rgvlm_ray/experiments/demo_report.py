@@ -30,8 +30,9 @@ def _selection(state: Workspace, evals: list[str]) -> str:
     from rgvlm_ray.iql.checkpoint import read_json
 
     lines = [
-        "| arm (read back) | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) | expert agreement |",
-        "|---|---|---|---|---|---|",
+        "| arm (read back) | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) "
+        "| training agreement (fit) | expert agreement (held-out) |",
+        "|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
     for folder in evals:
@@ -41,6 +42,7 @@ def _selection(state: Workspace, evals: list[str]) -> str:
         lines.append(
             f"| {ev['reward']} | {fmt(d.get('awr_ess'))} | {fmt(d.get('beta_adv_std'))} "
             f"| {fmt(d.get('adv_clipped_frac'), '.1%')} | {fmt(d.get('reward_weight_ratio'))} "
+            f"| {fmt(ev.get('train_agreement'))}{'' if ev.get('fits_training_data') is not False else ' (did not fit)'} "
             f"| {fmt(ev.get('expert_agreement'))} |"
         )
     return "\n".join(lines)
@@ -110,8 +112,10 @@ GPU node, or add `{REAL_LVLM}` to this command.
 
 The actor's weights over the last training steps (run.json `diagnostics`): an effective sample size near 1 and
 β·sd(A) below ~0.3 mean nearly flat weights, i.e. behaviour cloning whatever the reward; the weight on steps with a
-non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Expert agreement: the
-share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
+non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Training agreement: the
+share of the run's own training states where the policy's most likely action is the one the data took; below 0.97
+the learner did not fit its data ("did not fit"), and its success says little about its reward. Expert agreement:
+the share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
 
 {_selection(state, evals)}
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.data.env import SPLITS as EVAL_SPLITS
 from rgvlm_ray.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"study.curve_points must be >= 0, got {s.curve_points}")
     if s.seeds < 1 or s.parallel < 1:
         raise UsageError("--seeds and study.parallel must be at least 1")
-    if not s.splits or any(split not in fmt.SPLITS for split in s.splits):
-        raise UsageError(f"study.splits must be a non-empty list of {fmt.SPLITS}, got {s.splits}")
+    if not s.splits or any(split not in EVAL_SPLITS for split in s.splits):
+        raise UsageError(f"study.splits must be a non-empty list of {EVAL_SPLITS}, got {s.splits}")
     if any(c < 1 for c in s.contexts) or cfg.iql.context < 1:
         raise UsageError(
             f"study.contexts and iql.context must be positive, got {s.contexts} / {cfg.iql.context}"

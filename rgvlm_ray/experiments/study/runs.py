@@ -258,6 +258,9 @@ def run_arm_seed(
             "success_rate": ev["success_rate"],
             "subtask_completion": ev["subtask_completion"],
             "expert_agreement": ev.get("expert_agreement"),
+            "train_agreement": ev.get("train_agreement"),
+            "fits_training_data": ev.get("fits_training_data"),
+            "substitutions": len(ev.get("substitutions") or []),
             "policy": ev.get("policy"),
             "by_k": ev["by_k"],
         }

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from rgvlm_ray.iql.agreement import FIT_THRESHOLD
 from rgvlm_ray.iql.evaluate import KS
 
 CONFIDENCE = 0.95
@@ -131,8 +132,9 @@ def diagnostics_table(study: dict[str, Any]) -> str:
     split = study["settings"]["splits"][0]
     lines = [
         "| arm (read back) | seeds | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) "
-        f"| expert-action agreement ({split}) |",
-        "|---|---|---|---|---|---|---|",
+        f"| fit: agreement with its training actions | fits (>= {FIT_THRESHOLD}) "
+        f"| expert-action agreement, held-out ({split}) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for label, runs in groups(study).items():
         diag = [r["read_back"].get("diagnostics") or {} for r in runs]
@@ -142,16 +144,33 @@ def diagnostics_table(study: dict[str, Any]) -> str:
 
         agree = [r["evals"][split].get("expert_agreement") for r in runs]
         agreement = cell([a for a in agree if a is not None]) if any(a is not None for a in agree) else "n/a"
+        fit = [r["evals"][split].get("train_agreement") for r in runs]
+        fit_cell = cell([a for a in fit if a is not None]) if any(a is not None for a in fit) else "n/a"
+        fits = [r["evals"][split].get("fits_training_data") for r in runs]
+        fits_cell = (
+            f"{sum(f is True for f in fits)} of {len(fits)} seeds"
+            if any(f is not None for f in fits)
+            else "n/a"
+        )
+        if any(f is False for f in fits):
+            fits_cell += " — **did not fit**"
         learner = runs[0]["read_back"].get("learner") or "iql"
         weights = ["BC: weights 1"] * 4 if learner != "iql" else [
             col("awr_ess"), col("beta_adv_std"), col("adv_clipped_frac"), col("reward_weight_ratio")
         ]  # fmt: skip
-        lines.append(f"| {label} | {n_note(runs)} | " + " | ".join(weights) + f" | {agreement} |")
+        lines.append(
+            f"| {label} | {n_note(runs)} | "
+            + " | ".join(weights)
+            + f" | {fit_cell} | {fits_cell} | {agreement} |"
+        )
     return (
         "\n".join(lines)
         + "\n\nESS: (Σw)² / (N Σw²) of the actor's weights over a batch, as a share of it (1 = behaviour cloning). "
         "β·sd(A) below ~0.3 means nearly flat weights. Agreement: the share of held-out behaviour states where "
-        "argmax π is the BabyAI bot's action (the behaviour data's own agreement is in the settings line above).\n"
+        "argmax π is the BabyAI bot's action (the behaviour data's own agreement is in the settings line above). "
+        "Fit: the share of the run's own training states where argmax π is the action the data took "
+        "(eval.train_agreement_episodes of them); a run below the threshold did not fit its data, and its "
+        "completion says little about its reward.\n"
     )
 
 
