@@ -281,7 +281,7 @@ def index_page(entries: list[dict]) -> str:
 def pick(source: Source, episodes: int, wanted: list[str], seed: int) -> dict[str, list[str]]:
     """Per raw shard, the episode ids to show: `wanted`, or a seeded sample of `episodes`, in input order."""
     ids = {
-        shard: fmt.read_shard(shard, source.cfg, columns=["episode_id"]).column("episode_id").to_pylist()
+        shard: source.read(shard, ["episode_id"]).column("episode_id").to_pylist()  # validated: UTF-8 ids
         for shard in source.shards()
     }
     everything = [(shard, eid) for shard, eps in ids.items() for eid in eps]
