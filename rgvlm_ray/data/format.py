@@ -396,7 +396,9 @@ def invalid_text(table: pa.Table, shard: str) -> list[ValidationIssue]:
         except pa.ArrowInvalid:
             pass
         issues.append(
-            ValidationIssue(shard, _first_bad_text(table, name), name, "text that is not valid UTF-8")
+            ValidationIssue(
+                shard, _first_bad_text(table, name), name, "text that is not valid UTF-8", fatal=True
+            )
         )
     return issues
 
@@ -520,6 +522,9 @@ def one_line(issues: list[ValidationIssue]) -> str:
 def check_table(table: pa.Table, shard: str, space: ActionSpace | None = None, partial: bool = True) -> None:
     """Refuse a shard (FormatError, one line naming it and its first problem) that a reader cannot use."""
     issues = validate_table(table, shard, space=space, partial=partial)
+    if not any(i.fatal for i in issues) and "episode_id" in table.column_names:
+        # Readers join labels and cut history windows by id: an id twice in one shard would mix two episodes.
+        issues += duplicate_ids({shard: table.column("episode_id").to_pylist()})
     if issues:
         raise FormatError(one_line(issues))
 
