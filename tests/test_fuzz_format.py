@@ -340,3 +340,47 @@ def test_train_refuses_an_action_id_out_of_range_before_training(ray_cluster, tm
     one_line_naming(err, "train")
     assert "action id 99 is out of range" in err
     assert pc.max(pc.list_flatten(good().column("actions"))).as_py() < 7  # the good shard alone trains
+
+
+def test_the_issue_tracebacks_end_in_one_line(ray_cluster, tmp_path, capsys):
+    """Issue 24's tracebacks, each through its command: a goal that is not UTF-8 (inspect, view, label), an
+    action id out of range (inspect, label), a shard without `actions` (inspect), `view --out FILE`."""
+    t = bad_base()
+    surrogate = _set(
+        t, "goal", pa.array([b"go \xed\xa0\x80 now"] * t.num_rows, pa.binary()).view(pa.string())
+    )
+    raw, out = tmp_path / "raw", tmp_path / "labels"
+    write_raw(raw, surrogate)
+    capsys.readouterr()
+    assert main(["inspect", str(raw)]) == 1
+    assert "shard-00001.parquet: episode seen-p0-k1-000001: column 'goal': text that is not valid UTF-8" in (
+        capsys.readouterr().out
+    )
+    rc, err = run(capsys, "view", "--in", str(raw), "--out", str(tmp_path / "pages"), "--episodes", "10")
+    assert rc == 2 and "not valid UTF-8" in err
+    one_line_naming(err, "view")
+    rc, err = run(capsys, "label", "--in", str(raw), "--out", str(out), "--engine", "oracle")
+    assert rc == 1, err
+    records = mf.load_records(str(out), StorageConfig())
+    assert records["shard-00000.parquet"].status == mf.DONE
+    assert records["shard-00001.parquet"].status == mf.QUARANTINED
+    assert "column 'goal': text that is not valid UTF-8" in records["shard-00001.parquet"].error
+    assert not list((out / "_leases").glob("**/*.json"))
+
+    write_raw(raw, _per_episode(t, "actions", lambda a: [*a[:-1], 99]))
+    rc, err = run(
+        capsys, "label", "--in", str(raw), "--out", str(tmp_path / "labels99"), "--engine", "oracle"
+    )
+    assert rc == 1
+    error = mf.load_records(str(tmp_path / "labels99"), StorageConfig())["shard-00001.parquet"].error
+    assert "action id 99 is out of range: the action space has 7" in error
+
+    write_raw(raw, t.drop_columns(["actions"]))
+    capsys.readouterr()
+    assert main(["inspect", str(raw)]) == 1
+    assert "shard-00001.parquet: column 'actions': missing column" in capsys.readouterr().out
+
+    page = tmp_path / "a-file.html"
+    page.write_text("")
+    rc, err = run(capsys, "view", "--in", str(raw), "--out", str(page))
+    assert rc == 2 and "is a file, not a folder" in err
