@@ -459,7 +459,7 @@ def _validate_episode(
     if row.get("split") is not None and row["split"] not in SPLITS:
         bad("split", f"{row['split']!r} is not one of {SPLITS}")
     if row.get("subtasks") is not None and row.get("num_subtasks") != len(row["subtasks"]):
-        bad("num_subtasks", f"{row['num_subtasks']} but {len(row['subtasks'])} subtasks listed")
+        bad("num_subtasks", f"{row.get('num_subtasks')} but {len(row['subtasks'])} subtasks listed")
     progress = row.get("progress")
     if progress is not None and any(
         a is not None and b is not None and b < a for a, b in zip(progress, progress[1:], strict=False)
