@@ -65,7 +65,7 @@ def make_dataset(
     gap_video: str = "",
 ) -> Path:
     """drop_video / short_video: a camera whose file-001 video is deleted / loses its last two frames; gap_video: a
-    camera whose file-000 video lacks its frame 2 (in the middle of episode 0).
+    camera whose file-000 video lacks its frame 2 (in the middle of episode 0) and runs on past the data.
     info_fps: the fps meta/info.json declares; timestamp_fps: the rate the data's timestamps are written at (the
     videos are always FPS)."""
     features = {
@@ -109,6 +109,10 @@ def make_dataset(
             frames = videos[file][:-2] if (cam == short_video and file == 1) else videos[file]
             if not (cam == drop_video and file == 1):
                 skip = 2 if (cam == gap_video and file == 0) else None
+                if (
+                    skip is not None
+                ):  # 40 trailing frames keep the file's average rate near FPS despite the gap
+                    frames = frames + [frames[-1]] * 40
                 write_video(root / f"videos/{cam}/chunk-000/file-{file:03d}.mp4", frames, codec, skip)
     (root / "meta/episodes/chunk-000").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(meta), root / "meta/episodes/chunk-000/file-000.parquet")

@@ -102,15 +102,15 @@ def test_a_local_ray_head_ends_with_its_driver():
         "print(ray.get_runtime_context().gcs_address, flush=True)\n"
         "time.sleep(300)\n"
     )
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}  # not the session cluster
     env["PYTHONPATH"] = str(REPO)
     driver = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, text=True)
     try:
-        assert driver.stdout.readline().strip(), "the driver did not start Ray"
+        address = driver.stdout.readline().strip()
+        assert address, "the driver did not start Ray"
         children = head_processes(driver.pid)
-        assert any("raylet" in c for c in children.values()) and any(
-            "gcs_server" in c for c in children.values()
-        )
+        assert any("raylet" in c for c in children.values()), (address, children)
+        assert any("gcs_server" in c for c in children.values())
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -121,12 +121,17 @@ def test_a_local_ray_head_ends_with_its_driver():
 
 
 def head_processes(parent: int) -> dict[int, str]:
-    out = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True, text=True).stdout
+    """The children of `parent`, with their command lines (from /proc: `ps` cuts long ones)."""
     found = {}
-    for line in out.splitlines():
-        pid, ppid, args = line.split(None, 2)
-        if int(ppid) == parent:
-            found[int(pid)] = args
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(") ", 1)[1].split()[1])
+            if ppid == parent:
+                found[int(stat.parent.name)] = (
+                    (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                )
+        except (OSError, IndexError, ValueError):
+            continue
     return found
 
 
