@@ -168,18 +168,27 @@ MUTATIONS = [
 
 
 @st.composite
-def mutated(draw) -> tuple[str, pa.Table | bytes]:
+def mutated(draw) -> tuple[str, pa.Table | bytes, bool]:
+    """(mutation, the bad shard, whether it sorts first: readers take a dataset's schema from its first shard)."""
     mutation = draw(st.sampled_from(MUTATIONS))
-    return mutation.__name__, mutation(bad_base(), draw)
+    return mutation.__name__, mutation(bad_base(), draw), draw(st.booleans())
 
 
-def write_raw(folder: Path, bad: pa.Table | bytes) -> Path:
-    """folder/shard-00000.parquet (good) and folder/shard-00001.parquet (mutated), written as given: no cast."""
+def names(bad_first: bool) -> tuple[str, str]:
+    """(good shard, bad shard) file names."""
+    a, b = "shard-00000.parquet", "shard-00001.parquet"
+    return (b, a) if bad_first else (a, b)
+
+
+def write_raw(folder: Path, bad: pa.Table | bytes, bad_first: bool = False) -> Path:
+    """A good shard and a mutated one (shard-00001.parquet, or shard-00000 if `bad_first`), written as given: no
+    cast."""
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
-    fmt.write_shard(good(), str(folder / "shard-00000.parquet"))
-    path = folder / "shard-00001.parquet"
+    good_name, bad_name = names(bad_first)
+    fmt.write_shard(good(), str(folder / good_name))
+    path = folder / bad_name
     if isinstance(bad, bytes):
         path.write_bytes(bad)
     else:
@@ -201,15 +210,15 @@ def one_line_naming(err: str, command: str, shard: str = "shard-00001.parquet") 
 @examples(ci=40)
 @given(case=mutated())
 def test_every_mutation_is_named_or_harmless_at_the_read(tmp_path_factory, case):
-    name, bad = case
+    name, bad, first = case
     folder = tmp_path_factory.mktemp("fuzz") / "raw"
-    path = write_raw(folder, bad)
+    path = write_raw(folder, bad, first)
     source = Source(str(folder))
     try:
         table = source.read(str(path))
     except fmt.FormatError as exc:
         text = str(exc)
-        assert "\n" not in text and "shard-00001.parquet" in text, text
+        assert "\n" not in text and path.name in text, text
     else:
         table.to_pylist()  # what a reader does next: it must not raise
         assert name in (
@@ -263,11 +272,11 @@ def run(capsys, *argv: str) -> tuple[int, str]:
 @given(case=mutated())
 def test_inspect_reports_every_mutation(tmp_path_factory, capsys, case):
     folder = tmp_path_factory.mktemp("fuzz") / "raw"
-    write_raw(folder, case[1])
+    bad = write_raw(folder, case[1], case[2]).name
     rc, err = run(capsys, "inspect", str(folder))
     assert rc in (0, 1, 2), err
     if rc == 2:
-        one_line_naming(err, "inspect")
+        one_line_naming(err, "inspect", bad)
 
 
 @examples(ci=3)
@@ -276,12 +285,13 @@ def test_label_quarantines_a_mutated_shard_and_labels_the_good_one(
     ray_cluster, tmp_path_factory, capsys, case
 ):
     root = tmp_path_factory.mktemp("fuzz")
-    write_raw(root / "raw", case[1])
+    good_name, bad_name = names(case[2])
+    write_raw(root / "raw", case[1], case[2])
     out = root / "labels"
     rc, err = run(capsys, "label", "--in", str(root / "raw"), "--out", str(out), "--engine", "oracle")
     records = mf.load_records(str(out), StorageConfig())
-    assert records["shard-00000.parquet"].status == mf.DONE, err
-    bad = records["shard-00001.parquet"]
+    assert records[good_name].status == mf.DONE, err
+    bad = records[bad_name]
     if bad.status == mf.QUARANTINED:
         assert rc == 1 and bad.error and "\n" not in bad.error
     else:
@@ -293,7 +303,7 @@ def test_label_quarantines_a_mutated_shard_and_labels_the_good_one(
     )
     assert rc in (0, 2), err
     if rc == 2:
-        one_line_naming(err, "label-report")
+        one_line_naming(err, "label-report", bad_name)
 
 
 READERS = {
@@ -307,23 +317,23 @@ READERS = {
 @given(case=mutated())
 def test_readers_name_the_shard_or_read_it(ray_cluster, tmp_path_factory, capsys, command, case):
     root = tmp_path_factory.mktemp("fuzz")
-    write_raw(root / "raw", case[1])
+    bad = write_raw(root / "raw", case[1], case[2]).name
     rc, err = run(capsys, *READERS[command](str(root / "raw"), str(root / "out")))
     assert rc in (0, 2), err
     if rc == 2:
-        one_line_naming(err, command)
+        one_line_naming(err, command, bad)
 
 
 @examples(ci=1)
 @given(case=mutated().filter(lambda c: c[0] != "extra_column"))
 def test_train_names_the_shard_or_trains(ray_cluster, tmp_path_factory, capsys, case):
     root = tmp_path_factory.mktemp("fuzz")
-    write_raw(root / "raw", case[1])
+    bad = write_raw(root / "raw", case[1], case[2]).name
     args = ["--steps", "2", "--workers", "1", "iql.batch_size=8", "iql.context=2", "--reward", "sparse"]
     rc, err = run(capsys, "train", "--in", str(root / "raw"), "--out", str(root / "run"), *args)
     assert rc in (0, 2), err
     if rc == 2:
-        one_line_naming(err, "train")
+        one_line_naming(err, "train", bad)
 
 
 def test_train_refuses_an_action_id_out_of_range_before_training(ray_cluster, tmp_path, capsys):
@@ -367,12 +377,8 @@ def test_the_issue_tracebacks_end_in_one_line(ray_cluster, tmp_path, capsys):
     assert "column 'goal': text that is not valid UTF-8" in records["shard-00001.parquet"].error
     assert not list((out / "_leases").glob("**/*.json"))
 
-    write_raw(raw, _per_episode(t, "actions", lambda a: [*a[:-1], 99]))
-    rc, err = run(
-        capsys, "label", "--in", str(raw), "--out", str(tmp_path / "labels99"), "--engine", "oracle"
-    )
-    assert rc == 1
-    error = mf.load_records(str(tmp_path / "labels99"), StorageConfig())["shard-00001.parquet"].error
+    bad = write_raw(raw, _per_episode(t, "actions", lambda a: [*a[:-1], 99]))
+    error = check_shard(str(bad), StorageConfig())["error"]  # what label quarantines with (shown above)
     assert "action id 99 is out of range: the action space has 7" in error
 
     write_raw(raw, t.drop_columns(["actions"]))

@@ -322,18 +322,22 @@ def check_inputs(cfg: Config) -> None:
     """Refuse up front what would fail on every episode: the oracles need generator-only `progress`."""
     if cfg.engine.kind not in ("oracle", "noisy_oracle"):
         return
+    names: list[str] | None = None  # None: no shard readable (each is quarantined by the run)
     for shard in input_shards(cfg.label.in_path, cfg.storage):
         try:
-            schema = fmt.read_schema(shard, cfg.storage)
+            names = fmt.read_schema(shard, cfg.storage).names
         except fmt.FormatError:  # an unreadable shard is quarantined by the run, not refused here
             continue
-        fmt.require_columns(
-            schema,
-            ["progress"],
-            f"--engine {cfg.engine.kind}",
-            "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
-        )
+        if "progress" in names:  # one shard without it is that shard's problem, not the dataset's
+            return
+    if names is None:
         return
+    fmt.require_columns(
+        names,
+        ["progress"],
+        f"--engine {cfg.engine.kind}",
+        "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
+    )
 
 
 def run(cfg: Config) -> dict:
