@@ -30,9 +30,10 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from PIL import Image
 
 from rgvlm_ray.config import EnvConfig
+from rgvlm_ray.data.actions import BABYAI_ACTIONS
 from rgvlm_ray.errors import UsageError
 
-ACTION_TEXTS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
+ACTION_TEXTS = BABYAI_ACTIONS
 NUM_ACTIONS = len(ACTION_TEXTS)
 RANDOM_ACTIONS = 6  # the behaviour policy's random actions exclude "done"
 MAX_SUBTASKS = 6

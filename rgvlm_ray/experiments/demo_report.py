@@ -49,12 +49,14 @@ def _selection(state: Workspace, evals: list[str]) -> str:
 
 
 def _label_quality(state: Workspace, raw: str, labels: dict[str, str]) -> str:
-    blocks = []
-    for labeler, label_set in labels.items():
-        reports, table, _ = label_report.build(raw, [label_set], state.cfg.storage, labeler)
+    """One label-report over every label set, as `rgvlm label-report --labels A --labels B ...` gives it: the
+    agreement between them, and one table per figure (one report per set left agreement always n/a)."""
+    reports, table, _ = label_report.build(raw, list(labels.values()), state.cfg.storage)
+    pictures = []
+    for labeler in labels:
         label_report.histogram(table, [labeler], state.path(f"scores_{labeler}.png"))
-        blocks.append(label_report.markdown(reports) + f"\n![{labeler} scores](scores_{labeler}.png)\n")
-    return "\n".join(blocks)
+        pictures.append(f"![{labeler} scores](scores_{labeler}.png)")
+    return label_report.markdown(reports) + "\n" + "\n".join(pictures) + "\n"
 
 
 def _throughput(state: Workspace) -> str:

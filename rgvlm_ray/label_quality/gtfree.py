@@ -87,10 +87,19 @@ def auroc(pos: list[float], neg: list[float]) -> dict:
     if not n1 or not n0:
         return {"auroc": None, "ci": None, "positive": n1, "negative": n0}
     a = float(mannwhitneyu(pos, neg).statistic) / (n1 * n0)
-    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
-    se = np.sqrt(max(0.0, a * (1 - a) + (n1 - 1) * (q1 - a * a) + (n0 - 1) * (q2 - a * a)) / (n1 * n0))
+    if min(n1, n0) < AUROC_MIN_PER_CLASS:  # Hanley-McNeil's normal approximation does not hold there
+        why = f"no CI below {AUROC_MIN_PER_CLASS} episodes of each kind"
+        return {"auroc": _r(a), "ci": None, "positive": n1, "negative": n0, "ci_why": why}
+    # At a = 0 or 1 Hanley-McNeil's variance is 0, a zero-width interval: half a pair keeps it honest.
+    a_se = min(max(a, 0.5 / (n1 * n0)), 1 - 0.5 / (n1 * n0))
+    q1, q2 = a_se / (2 - a_se), 2 * a_se * a_se / (1 + a_se)
+    var = a_se * (1 - a_se) + (n1 - 1) * (q1 - a_se**2) + (n0 - 1) * (q2 - a_se**2)
+    se = np.sqrt(max(0.0, var) / (n1 * n0))
     ci = [_r(max(0.0, a - Z95 * se)), _r(min(1.0, a + Z95 * se))]
     return {"auroc": _r(a), "ci": ci, "positive": n1, "negative": n0}
+
+
+AUROC_MIN_PER_CLASS = 5  # successful and failed episodes each, for the AUROC's CI (docs/labeling-job.md)
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> float | None:

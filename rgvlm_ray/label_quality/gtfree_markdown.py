@@ -59,6 +59,7 @@ def markdown(reports: list[dict]) -> str:
         g = rep["without_ground_truth"]
         sa = g["success_auroc"]
         auc = "n/a" if sa["auroc"] is None else f"{_ci(sa, 'auroc')} ({sa['positive']} vs {sa['negative']})"
+        auc += f"; {sa['ci_why']}" if sa.get("ci_why") else ""
         lines.append(
             f"| {rep['labeler']} | {g['episodes_labeled']} | {auc} "
             f"| {_ci(g['success_step_rank'])}{_null(g['success_step_rank'])} "
