@@ -80,7 +80,7 @@ COMMANDS: dict[str, Command] = {
         "rgvlm_ray.commands.make_tiny_vlm:main",
         [
             Flag("--out", "tiny_model.out", help="output directory"),
-            Flag("--kind", "tiny_model.kind", help="qwen2_vl | clip"),
+            Flag("--kind", "tiny_model.kind", help="qwen2_vl | clip | blip2 | xclip"),
             Flag("--seed", "tiny_model.seed", int),
         ],
     ),
@@ -90,7 +90,11 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "label_episode.in_path", help="dataset folder, s3:// prefix or shard"),
             Flag("--episode", "label_episode.episode", help="episode id (default: the first one)"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
+            Flag(
+                "--engine",
+                "engine.kind",
+                help="hf | vllm | openai | clip | blip2 | roboclip | oracle | noisy_oracle",
+            ),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--window", "labeler.window", int, "actions per judge call"),
             Flag("--view", "labeler.view", help="frames | frames_full"),
@@ -114,7 +118,11 @@ COMMANDS: dict[str, Command] = {
                 "remove what --out holds for raw shards that no longer exist (--status lists it); label nothing",
             ),
             Flag("--retry-errors", "label.retry_errors", bool, "relabel shards with bad-input episodes too"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
+            Flag(
+                "--engine",
+                "engine.kind",
+                help="hf | vllm | openai | clip | blip2 | roboclip | oracle | noisy_oracle",
+            ),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--force", "label.force", bool, "relabel every shard"),
             Flag("--allow-quarantine", "label.allow_quarantine", bool, "exit 0 despite quarantined shards"),
@@ -152,7 +160,11 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "label_report.in_path", help="dataset: folder or s3:// prefix"),
             Flag("--labels", "label_report.labels", list, "label set joined to --in (repeatable)"),
-            Flag("--labeler", "label_report.labeler", help="rgvlm | clip | oracle (default: all present)"),
+            Flag(
+                "--labeler",
+                "label_report.labeler",
+                help="rgvlm | gvl | clip | blip2 | roboclip | oracle | noisyNN (default: all present)",
+            ),
             Flag(
                 "--success",
                 "label_report.success",
@@ -173,7 +185,7 @@ COMMANDS: dict[str, Command] = {
             Flag(
                 "--reward",
                 "train.reward",
-                help="TERM or TERM+TERM..., TERM = sparse | rgvlm | clip | oracle | noisyNN (e.g. rgvlm+sparse)",
+                help="TERM or TERM+TERM..., TERM = sparse | rgvlm | gvl | clip | blip2 | roboclip | oracle | noisyNN (e.g. rgvlm+sparse)",
             ),
             Flag("--workers", "train.workers", int, "Ray Train workers (DDP)"),
             Flag("--steps", "train.steps", int, "total updates"),
@@ -288,7 +300,11 @@ COMMANDS: dict[str, Command] = {
         [
             Flag("--in", "label.in_path", help="raw dataset: folder or s3:// prefix"),
             Flag("--out", "label.out_path", help="label set: folder or s3:// prefix"),
-            Flag("--engine", "engine.kind", help="hf | vllm | openai | clip | oracle | noisy_oracle"),
+            Flag(
+                "--engine",
+                "engine.kind",
+                help="hf | vllm | openai | clip | blip2 | roboclip | oracle | noisy_oracle",
+            ),
             Flag("--model", "engine.model", help="hub id or local model directory"),
             Flag("--then-train", "relabel.then_train", bool, "retrain when something new was labeled"),
             Flag("--train-root", "relabel.train_root", help="folder or s3:// prefix for new training runs"),

@@ -93,6 +93,7 @@ SHARD_WEIGHTS = {
     "test_fuzz_format.py": 170,
     "test_paths_unicode.py": 150,
     "test_small_points.py": 90,
+    "test_label_others.py": 250,
     "test_label_paths.py": 150,
     "test_label_store.py": 120,
     "test_label_faults.py": 110,

@@ -70,3 +70,17 @@ def hf_config(**labeler) -> tuple[EngineConfig, LabelerConfig]:
     for key, value in labeler.items():
         setattr(lcfg, key, value)
     return ecfg, lcfg
+
+
+@functools.cache
+def tiny_blip2_dir() -> str:
+    from rgvlm_ray.labelers.tiny_vlm import build_blip2
+
+    return str(build_blip2(Path(tempfile.mkdtemp(prefix="rgvlm-tiny-blip2-")) / "blip2"))
+
+
+@functools.cache
+def tiny_xclip_dir() -> str:
+    from rgvlm_ray.labelers.tiny_vlm import build_xclip
+
+    return str(build_xclip(Path(tempfile.mkdtemp(prefix="rgvlm-tiny-xclip-")) / "xclip"))

@@ -6,6 +6,7 @@ import json
 
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
+from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labeling import exits, job, orphans, status
 from rgvlm_ray.labeling.plan import inventory, with_canonical_roots
 
@@ -15,6 +16,9 @@ def main(cfg: Config) -> int:
         from rgvlm_ray.labeling import cost
 
         require(cfg, "label.in_path")
+        if cfg.labeler.strategy != "rgvlm":
+            # cost.py counts RG-VLM's windows and prompts; GVL's differ (an anchor frame, no actions).
+            raise UsageError(f"--plan estimates labeler.strategy=rgvlm only, not {cfg.labeler.strategy!r}")
         plan = cost.plan_run(cfg)
         print(json.dumps(plan, indent=2) if cfg.plan.json else cost.render(plan))
         return exits.OK

@@ -12,7 +12,7 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers import prompts
 from rgvlm_ray.labelers.action_text import with_space
 from rgvlm_ray.labelers.labeler import RGVLMLabeler, build_labeler
-from rgvlm_ray.labelers.rgvlm import EpisodeLabel, to_columns
+from rgvlm_ray.labelers.rgvlm import EpisodeLabel
 
 
 def find_episode(path: str, episode: str, storage: StorageConfig) -> dict:
@@ -44,6 +44,7 @@ def trace(ep: EpisodeLabel) -> dict:
                 "status": w.status,
                 "message": w.message,
                 "replies": [s.replies for s in w.samples],
+                **({"shown_order": [w.window.start + k for k in w.order]} if w.order is not None else {}),
             }
             for w in ep.windows
         ],
@@ -122,7 +123,7 @@ def main(cfg: Config) -> int:
     try:
         if isinstance(labeler, RGVLMLabeler):
             ep = labeler.label_episodes([row])[0]
-            cols, extra = to_columns(ep, cfg.labeler, labeler.fingerprint), trace(ep)
+            cols, extra = labeler.columns(ep), trace(ep)
         else:
             cols, extra = labeler.label_rows([row])[0], {}
         out = report(cfg, row, labeler, cols, extra, time.perf_counter() - start)

@@ -157,7 +157,7 @@ class OpenAIEngineConfig:
 class EngineConfig:
     """The LVLM (or baseline) that labels episodes."""
 
-    kind: str = "hf"  # hf | vllm | openai | clip | oracle
+    kind: str = "hf"  # hf | vllm | openai (LVLM judges) | clip | blip2 | roboclip | oracle | noisy_oracle
     model: str = ""  # hub id (e.g. Qwen/Qwen2.5-VL-7B-Instruct) or a local directory
     revision: str | None = None
     dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
@@ -182,7 +182,9 @@ class LabelerConfig:
     overlap: int = 4  # actions shared by consecutive windows; each step is still scored once
     image_size: int = 112  # frames larger than this (longest side) are downscaled
     view: str = "frames"  # frames (agent view) | frames_full (top-down)
-    prompt_version: str = "v1"  # rgvlm_ray/labelers/prompts/<version>-*.txt
+    # LVLM engines: rgvlm (RG-VLM's two-stage per-action scores) | gvl (GVL's per-frame progress on shuffled frames)
+    strategy: str = "rgvlm"
+    prompt_version: str = "v1"  # rgvlm_ray/labelers/prompts/<version>.txt (gvl: prompts/gvl/<version>.txt)
     reward_scale: float = 1.0  # rgvlm: reward = scale * score / 10 + shift (clip: see docs/labeling.md)
     reward_shift: float = 0.0
     num_samples: int = 1  # self-consistency: scoring samples per window (mean kept, std in score_std)
@@ -196,6 +198,13 @@ class LabelerConfig:
         0.3  # noisy_oracle: P(a step is chosen); chosen steps swap labels within the episode
     )
     oracle_noise_seed: int = 0
+    # roboclip: episode (RoboCLIP's: the whole episode scored once, its reward on the last step) | window (each
+    # non-overlapping window of labeler.window actions scored, its reward on the window's last step)
+    placement: str = "episode"
+    demo_in: str = (
+        ""  # roboclip: a dataset holding a demonstration episode to score against; empty: the goal text
+    )
+    demo_episode: str = ""  # its episode id; empty: the dataset's first episode
 
 
 @dataclass
@@ -225,7 +234,7 @@ class TinyModelConfig:
     """`rgvlm make-tiny-vlm`: a tiny random model of a real architecture for tests and the CPU demo."""
 
     out: str = ""  # required
-    kind: str = "qwen2_vl"  # qwen2_vl | clip
+    kind: str = "qwen2_vl"  # qwen2_vl | clip | blip2 | xclip
     seed: int = 0
 
 
@@ -300,7 +309,7 @@ class RelabelConfig:
 class LabelReportConfig:
     in_path: str = ""  # required: a dataset (raw, or exported with labels)
     labels: list[str] = field(default_factory=list)  # label sets joined to it (rgvlm label --out)
-    labeler: str = ""  # rgvlm | clip | oracle; empty: every labeler present
+    labeler: str = ""  # a labeler name (rgvlm, gvl, clip, blip2, ...); empty: every one present
     out: str = "label-report"  # local folder for label_report.{md,json} and scores_hist.png
     # What marks a successful episode: auto (a sparse reward > 0; with no reward, `terminated`; a dense reward: none)
     # | reward | terminated | none (docs/labeling-job.md, "Label quality")
@@ -331,7 +340,8 @@ class StudyConfig:
     out: str = ""  # required: folder or s3:// prefix for data, labels, runs, evals, study.md and study.json
     in_path: str = ""  # raw dataset; empty: generated into OUT/data/raw with generate.* (reused if there)
     # Labelers, each labeling the raw data into its own label set OUT/data/labels-NAME: oracle | noisyNN (the
-    # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | rgvlm (engine.*).
+    # oracle with NN% of its steps shuffled, engine kind noisy_oracle) | clip | blip2 | roboclip (study.*_model)
+    # | rgvlm | gvl (engine.*; gvl: labeler.strategy=gvl).
     labelers: list[str] = field(
         default_factory=lambda: ["oracle", "noisy10", "noisy30", "noisy60", "clip", "rgvlm"]
     )
@@ -355,6 +365,8 @@ class StudyConfig:
     # parallel x train.workers x train.cpus_per_worker <= CPUs - 1, or Ray Data's tasks starve (stack.md).
     parallel: int = 2
     clip_model: str = ""  # empty: a tiny random CLIP built under OUT/models (noise)
+    blip2_model: str = ""  # empty: a tiny random BLIP-2 (e.g. Salesforce/blip2-itm-vit-g on a GPU)
+    roboclip_model: str = ""  # empty: a tiny random X-CLIP (e.g. microsoft/xclip-base-patch32 on a GPU)
 
 
 @dataclass

@@ -47,7 +47,7 @@ class TrainConfig:
     in_path: str = ""  # required: episodes, folder or s3:// prefix
     labels: list[str] = field(default_factory=list)  # label sets joined to it (rgvlm label --out)
     out_path: str = ""  # required: run folder or s3:// prefix; checkpoints land here, a rerun resumes
-    reward: str = "sparse"  # sparse | rgvlm | rgvlm+sparse | clip | oracle
+    reward: str = "sparse"  # TERM or TERM+TERM (labelstore/rewards.py), e.g. rgvlm+sparse
     workers: int = 1
     steps: int = 1000  # total updates; a resumed run continues up to this count
     cpus_per_worker: float | None = None  # None: fractional so Ray Data keeps a CPU (2-core deadlock trap)

@@ -62,9 +62,9 @@ STEP_COLUMNS = {"actions": 0, "action_texts": 0, "rewards": 0, "progress": 0, "e
 FRAME_COLUMNS = {"frames": 1, "frames_full": 1, "symbolic": 1, "directions": 1, "source_frames": 1}
 NULLABLE_COLUMNS = {f.name for f in OPTIONAL_FIELDS}  # unknown or not recorded
 
-# Label columns: every labeler (rgvlm, clip, oracle, noisyNN) writes the same suffixes under its own prefix,
+# Label columns: every labeler (rgvlm, gvl, clip, blip2, roboclip, oracle, noisyNN) writes the same suffixes under its own prefix,
 # so one dataset can carry several labelings and `train --reward MODE` picks one by name.
-LABELERS = ("rgvlm", "clip", "oracle")
+LABELERS = ("rgvlm", "gvl", "clip", "blip2", "roboclip", "oracle")
 # The noisy oracle (rgvlm_ray/labelers/noisy_oracle.py) names itself after its noise level, `noisy` + round(100p)
 # as two digits (noisy10, noisy30, noisy100), so several levels sit side by side on one dataset.
 NOISY_PREFIX = "noisy"
@@ -84,7 +84,7 @@ LABEL_FIELDS: dict[str, pa.DataType] = {
 }
 # Labelers that judge an episode in overlapping windows (rgvlm) also write these, for label-report's position bias
 # and overlap consistency. The others see the whole episode as window 0, where the position is the step index.
-WINDOWED_LABELERS = ("rgvlm",)
+WINDOWED_LABELERS = ("rgvlm", "gvl")
 WINDOW_FIELDS: dict[str, pa.DataType] = {
     "window_pos": pa.list_(pa.int32()),  # the action's 0-based position in the window that scored it
     # the score the other window gave the action where two windows overlap (the merge keeps one); null elsewhere
@@ -140,7 +140,7 @@ def labelers_in_columns(names: Iterable[str]) -> list[str]:
 
 
 def labelers_present(schema: pa.Schema | Iterable[str]) -> list[str]:
-    """Labelers with a reward column: the fixed ones (rgvlm, clip, oracle) first, then noisyNN by level."""
+    """Labelers with a reward column: the fixed ones (format.LABELERS' order) first, then noisyNN by level."""
     names = list(schema.names if isinstance(schema, pa.Schema) else schema)
     fixed = [name for name in LABELERS if label_column(name, "reward") in names]
     return fixed + _noisy_labelers(names, ("reward",))

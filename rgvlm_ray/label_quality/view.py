@@ -42,7 +42,11 @@ HIDDEN = (
     "Zp",
 )  # control, format (bidi, zero-width), surrogate, private, ...
 CELL_PX = 120
-SCORE_RANGES = {"rgvlm": (0.0, 10.0)}  # fixed scales; other labelers' bars span the episode's own range
+SCORE_RANGES = {
+    "rgvlm": (0.0, 10.0),
+    "gvl": (0.0, 100.0),
+    "blip2": (0.0, 1.0),
+}  # fixed scales; other labelers' bars span the episode's own range
 
 STYLE = f"""
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 16px; color: #222; background: #fff; }}

@@ -7,6 +7,7 @@ Per action t (from frame t to frame t+1):
 The reward is the similarity *delta* (potential-based shaping with s as the potential) rather than VLM-RM's
 raw similarity, so an agent gains nothing by lingering in goal-like states. VLM-RM's baseline-prompt
 projection is not used: it needs a second, hand-written prompt per task.
+A goal longer than the text encoder's 77 tokens is truncated and counted (encoders.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from __future__ import annotations
 import torch
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
-from rgvlm_ray.labelers import prompts
 from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions, token_free_stats
+from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_device_dtype, text_limit
 from rgvlm_ray.labelers.engines.base import chunks
-from rgvlm_ray.labelers.engines.hf import resolve_device, resolve_dtype
-from rgvlm_ray.labelers.images import decode_frames
-from rgvlm_ray.labelers.rgvlm import VIEWS
 
 NAME = "clip"
 
@@ -36,41 +34,22 @@ class ClipLabeler:
         from transformers import AutoProcessor, CLIPModel
 
         self.ecfg, self.lcfg, self.fingerprint = ecfg, lcfg, fingerprint
-        self.device = resolve_device(ecfg.device)
+        self.device, dtype = load_device_dtype(ecfg)
         self.processor = AutoProcessor.from_pretrained(ecfg.model, revision=ecfg.revision)
-        self.model = CLIPModel.from_pretrained(
-            ecfg.model, revision=ecfg.revision, dtype=resolve_dtype(ecfg.dtype, self.device)
-        ).to(self.device)
+        self.model = CLIPModel.from_pretrained(ecfg.model, revision=ecfg.revision, dtype=dtype).to(
+            self.device
+        )
         self.model.eval()
-        self.max_text_tokens = self.model.config.text_config.max_position_embeddings
-        self.counters = {"frames": 0, "episodes": 0, "errors": 0}
-
-    def _frames(self, row: dict) -> list:
-        t = num_actions(row)
-        if self.lcfg.view not in VIEWS:
-            raise ValueError(f"labeler.view must be one of {VIEWS}, got {self.lcfg.view!r}")
-        frames = row.get(self.lcfg.view)
-        if t == 0:
-            raise ValueError("episode has no actions")
-        if frames is None:
-            raise ValueError(f"column {self.lcfg.view!r} is missing")
-        if len(frames) != t + 1:
-            raise ValueError(
-                f"{self.lcfg.view!r} has {len(frames)} frames for {t} actions (expected {t + 1})"
-            )
-        return decode_frames(frames, self.lcfg.image_size)
+        self.max_text_tokens = text_limit(
+            self.processor.tokenizer, self.model.config.text_config.max_position_embeddings
+        )
+        self.counters = {"frames": 0, "episodes": 0, "errors": 0, "goals_truncated": 0}
 
     @torch.inference_mode()
     def similarities(self, goal: str, images: list) -> list[float]:
-        text = self.processor.tokenizer(
-            [prompts.sanitize(goal, self.lcfg.max_goal_chars)],
-            padding=True,
-            truncation=True,
-            max_length=self.max_text_tokens,
-            return_tensors="pt",
-        ).to(self.device)
+        text = encode_goal(self.processor.tokenizer, goal, self.lcfg, self.max_text_tokens, self.counters)
         goal_emb = torch.nn.functional.normalize(
-            _features(self.model.get_text_features(**text)).float(), dim=-1
+            _features(self.model.get_text_features(**text.to(self.device))).float(), dim=-1
         )
         sims: list[float] = []
         for batch in chunks(images, max(1, self.ecfg.batch_size) * 8):
@@ -85,24 +64,14 @@ class ClipLabeler:
     def label_row(self, row: dict) -> dict:
         t = num_actions(row)
         try:
-            images = self._frames(row)
+            images = episode_images(row, self.lcfg)
         except ValueError as exc:
             self.counters["errors"] += 1
             return error_columns(NAME, t, str(exc), self.fingerprint)
         s = self.similarities(row.get("goal") or "", images)
         self.counters["frames"] += len(images)
         self.counters["episodes"] += 1
-        scale, shift = self.lcfg.reward_scale, self.lcfg.reward_shift
-        return label_columns(
-            NAME,
-            score=s[1:],
-            reward=[scale * (b - a) + shift for a, b in zip(s, s[1:], strict=False)],
-            window=[0] * t,
-            status=["ok"] * t,
-            message=[""] * t,
-            analysis=[],
-            fingerprint=self.fingerprint,
-        )
+        return potential_columns(NAME, s, self.lcfg, self.fingerprint)
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
         return [self.label_row(r) for r in rows]
@@ -112,3 +81,19 @@ class ClipLabeler:
 
     def close(self) -> None:
         self.model = None
+
+
+def potential_columns(name: str, s: list[float], lcfg: LabelerConfig, fingerprint: str) -> dict:
+    """Per-frame scores s_0..s_T as a potential: score_t = s_{t+1}, reward_t = scale * (s_{t+1} - s_t) + shift."""
+    t = len(s) - 1
+    scale, shift = lcfg.reward_scale, lcfg.reward_shift
+    return label_columns(
+        name,
+        score=s[1:],
+        reward=[scale * (b - a) + shift for a, b in zip(s, s[1:], strict=False)],
+        window=[0] * t,
+        status=["ok"] * t,
+        message=[""] * t,
+        analysis=[],
+        fingerprint=fingerprint,
+    )

@@ -7,6 +7,8 @@ import io
 
 from PIL import Image
 
+VIEWS = ("frames", "frames_full")  # the frame columns a labeler can be shown (docs/format.md)
+
 
 def decode_frames(pngs: list[bytes], image_size: int) -> list[Image.Image]:
     """RGB images, downscaled so the longest side is at most `image_size` (never upscaled).

@@ -1,7 +1,8 @@
 """The labeler interface the distributed job calls: `build_labeler(engine_cfg, labeler_cfg).label_rows(rows)`.
 
-`engine.kind` picks the labeler: hf | vllm | openai -> `rgvlm` (an LVLM judge), clip -> `clip`,
-oracle -> `oracle`, noisy_oracle -> `noisyNN` (the oracle with NN% of its steps shuffled). Every labeler
+`engine.kind` picks the labeler: hf | vllm | openai -> an LVLM judge, `rgvlm` or, with labeler.strategy=gvl,
+`gvl`; clip -> `clip`, blip2 -> `blip2`, roboclip -> `roboclip` (embedding models), oracle -> `oracle`,
+noisy_oracle -> `noisyNN` (the oracle with NN% of its steps shuffled). Every labeler
 returns, per episode row, the columns of format.LABEL_FIELDS under its own prefix, and never raises for one
 bad episode: it gets episode_status="error" and null scores instead.
 """
@@ -18,12 +19,15 @@ from typing import Protocol
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.labelers import noisy_oracle, oracle, prompts, rgvlm, windows
+from rgvlm_ray.labelers import gvl, noisy_oracle, oracle, prompts, rgvlm, windows
 from rgvlm_ray.labelers.columns import error_columns, num_actions, token_free_stats
 from rgvlm_ray.labelers.engines import LVLM_ENGINES, Engine, make_engine
 
 log = logging.getLogger(__name__)
-KINDS = (*LVLM_ENGINES, "clip", "oracle", noisy_oracle.KIND)
+EMBEDDING_KINDS = ("clip", "blip2", "roboclip")  # engine kinds whose labeler has the same name
+KINDS = (*LVLM_ENGINES, *EMBEDDING_KINDS, "oracle", noisy_oracle.KIND)
+STRATEGIES = (rgvlm.NAME, gvl.NAME)
+ROBOCLIP_PLACEMENTS = ("episode", "window")
 # Small files that identify a local checkpoint; weights are identified by name and size (hashing a 15 GB
 # checkpoint would make the fingerprint expensive).
 IDENTITY_FILES = (
@@ -35,7 +39,7 @@ IDENTITY_FILES = (
 
 
 class Labeler(Protocol):
-    name: str  # rgvlm | clip | oracle | noisyNN
+    name: str  # rgvlm | gvl | clip | blip2 | roboclip | oracle | noisyNN
     fingerprint: str
 
     def label_rows(self, rows: list[dict]) -> list[dict]: ...
@@ -44,10 +48,11 @@ class Labeler(Protocol):
 
 
 def labeler_name(kind: str, lcfg: LabelerConfig | None = None) -> str:
-    """The column prefix `kind` writes; noisy_oracle's depends on `lcfg.oracle_noise`, so it needs `lcfg`."""
+    """The column prefix `kind` writes; noisy_oracle's depends on `lcfg.oracle_noise` and an LVLM engine's on
+    `lcfg.strategy`, so those need `lcfg` (without it, an LVLM engine is `rgvlm`)."""
     if kind in LVLM_ENGINES:
-        return rgvlm.NAME
-    if kind in ("clip", "oracle"):
+        return gvl.NAME if lcfg is not None and lcfg.strategy == gvl.NAME else rgvlm.NAME
+    if kind in (*EMBEDDING_KINDS, "oracle"):
         return kind
     if kind == noisy_oracle.KIND:
         if lcfg is None:
@@ -90,8 +95,15 @@ def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
         "reward": [lcfg.reward_scale, lcfg.reward_shift],
         "max_goal_chars": lcfg.max_goal_chars,
     }
-    if name == "clip":
+    if name in ("clip", "blip2"):
         return common
+    if name == "roboclip":
+        spec = {**common, "placement": lcfg.placement}
+        if lcfg.placement == "window":
+            spec["window"] = lcfg.window
+        if lcfg.demo_in:  # the demonstration replaces the goal text
+            spec["demo"] = [lcfg.demo_in, lcfg.demo_episode]
+        return spec
     spec = {
         **common,
         "engine": ecfg.kind,
@@ -106,7 +118,9 @@ def fingerprint_spec(ecfg: EngineConfig, lcfg: LabelerConfig) -> dict:
         },
         "windows": [lcfg.window, lcfg.overlap],
     }
-    if (lcfg.action_text, lcfg.action_decimals) != (
+    if name == gvl.NAME:  # frames only: no actions in the prompt; the shuffle follows engine.seed
+        spec["prompt"] = ["gvl", lcfg.prompt_version, gvl.prompt_digest(lcfg.prompt_version)]
+    elif (lcfg.action_text, lcfg.action_decimals) != (
         "auto",
         2,
     ):  # absent at the defaults: older sets stay current
@@ -127,18 +141,24 @@ def labeler_fingerprint(ecfg: EngineConfig, lcfg: LabelerConfig) -> str:
 
 
 class RGVLMLabeler:
-    name = rgvlm.NAME
+    """An LVLM judge through the two-stage driver (rgvlm.py): RG-VLM's prompts, or GVL's (labeler.strategy)."""
 
     def __init__(self, ecfg: EngineConfig, lcfg: LabelerConfig, fingerprint: str, engine: Engine) -> None:
         self.ecfg, self.lcfg, self.fingerprint, self.engine = ecfg, lcfg, fingerprint, engine
         self.counters = rgvlm.Counters()
+        self.name = labeler_name(ecfg.kind, lcfg)
+        self.judge = gvl.JUDGE if self.name == gvl.NAME else rgvlm.JUDGE
 
     def label_episodes(self, rows: list[dict]) -> list[rgvlm.EpisodeLabel]:
         """The full trace (conversations, analyses, replies) for inspection (`rgvlm label-episode`)."""
-        return rgvlm.label_episodes(self.engine, self.ecfg, self.lcfg, rows, self.counters)
+        return rgvlm.label_episodes(self.engine, self.ecfg, self.lcfg, rows, self.counters, self.judge)
+
+    def columns(self, ep: rgvlm.EpisodeLabel) -> dict:
+        to_columns = gvl.to_columns if self.name == gvl.NAME else rgvlm.to_columns
+        return to_columns(ep, self.lcfg, self.fingerprint)
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
-        return [rgvlm.to_columns(ep, self.lcfg, self.fingerprint) for ep in self.label_episodes(rows)]
+        return [self.columns(ep) for ep in self.label_episodes(rows)]
 
     def stats(self) -> dict:
         return self.counters.as_dict()
@@ -178,15 +198,27 @@ def check_config(ecfg: EngineConfig, lcfg: LabelerConfig) -> None:
     name = labeler_name(ecfg.kind, lcfg)  # also validates labeler.oracle_noise for noisy_oracle
     if ecfg.kind in ("oracle", noisy_oracle.KIND):
         return
+    if lcfg.strategy not in STRATEGIES:
+        raise UsageError(f"labeler.strategy must be one of {STRATEGIES}, got {lcfg.strategy!r}")
     if not ecfg.model:
         raise UsageError("engine.model is empty: pass --model with a hub id or a local model directory")
     if lcfg.view not in rgvlm.VIEWS:
         raise UsageError(f"labeler.view must be one of {rgvlm.VIEWS}, got {lcfg.view!r}")
     if lcfg.image_size < 1:
         raise UsageError(f"labeler.image_size must be positive, got {lcfg.image_size}")
-    if name == "rgvlm":
+    if name == "roboclip":
+        if lcfg.placement not in ROBOCLIP_PLACEMENTS:
+            raise UsageError(
+                f"labeler.placement must be one of {ROBOCLIP_PLACEMENTS}, got {lcfg.placement!r}"
+            )
+        if lcfg.placement == "window":
+            windows.check(lcfg.window, 0)
+    if name in STRATEGIES:
         windows.check(lcfg.window, lcfg.overlap)
-        prompts.load_prompts(lcfg.prompt_version)
+        if name == gvl.NAME:
+            gvl.load_prompts(lcfg.prompt_version)
+        else:
+            prompts.load_prompts(lcfg.prompt_version)
         if lcfg.num_samples < 1 or lcfg.max_parse_retries < 0:
             raise UsageError("labeler.num_samples must be >= 1 and labeler.max_parse_retries >= 0")
         if lcfg.num_samples > 1 and ecfg.temperature <= 0:
@@ -207,4 +239,12 @@ def build_labeler(ecfg: EngineConfig, lcfg: LabelerConfig) -> Labeler:
         from rgvlm_ray.labelers.clip import ClipLabeler
 
         return ClipLabeler(ecfg, lcfg, fp)
+    if name == "blip2":
+        from rgvlm_ray.labelers.blip2 import Blip2Labeler
+
+        return Blip2Labeler(ecfg, lcfg, fp)
+    if name == "roboclip":
+        from rgvlm_ray.labelers.roboclip import RoboCLIPLabeler
+
+        return RoboCLIPLabeler(ecfg, lcfg, fp)
     return RGVLMLabeler(ecfg, lcfg, fp, make_engine(ecfg, lcfg))

@@ -43,20 +43,24 @@ def _as_score(value) -> int | None:
 
 
 def parse_scores(text: str | None, num_actions: int) -> Parsed:
+    """RG-VLM's reply: {"scores": [...]}, one integer 0..10 per action."""
+    return parse_values(text, num_actions, "scores", "score", "actions", MIN_SCORE, MAX_SCORE)
+
+
+def parse_values(text: str | None, n: int, key: str, item: str, per: str, low: int, high: int) -> Parsed:
+    """{key: [...]} with exactly n integers in low..high (`item` and `per` name a value and what it is for)."""
     if not text or not text.strip():
         return Parsed(None, "empty reply")
-    found = next((o for o in _objects(text) if "scores" in o), None)
+    found = next((o for o in _objects(text) if key in o), None)
     if found is None:
-        return Parsed(None, 'no JSON object with a "scores" key')
-    raw = found["scores"]
+        return Parsed(None, f'no JSON object with a "{key}" key')
+    raw = found[key]
     if not isinstance(raw, list):
-        return Parsed(None, '"scores" is not a list')
-    if len(raw) != num_actions:
-        return Parsed(None, f"{len(raw)} scores for {num_actions} actions")
-    scores = [_as_score(v) for v in raw]
-    bad = [i for i, s in enumerate(scores) if s is None or not MIN_SCORE <= s <= MAX_SCORE]
+        return Parsed(None, f'"{key}" is not a list')
+    if len(raw) != n:
+        return Parsed(None, f"{len(raw)} {key} for {n} {per}")
+    values = [_as_score(v) for v in raw]
+    bad = [i for i, s in enumerate(values) if s is None or not low <= s <= high]
     if bad:
-        return Parsed(
-            None, f"score {bad[0] + 1} ({raw[bad[0]]!r}) is not an integer in {MIN_SCORE}..{MAX_SCORE}"
-        )
-    return Parsed(scores)  # type: ignore[arg-type]
+        return Parsed(None, f"{item} {bad[0] + 1} ({raw[bad[0]]!r}) is not an integer in {low}..{high}")
+    return Parsed(values)  # type: ignore[arg-type]

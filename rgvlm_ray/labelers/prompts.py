@@ -48,9 +48,14 @@ def load_prompts(version: str) -> dict[str, str]:
         raise UsageError(
             f"unknown labeler.prompt_version {version!r}; available: {', '.join(available_versions())}"
         )
+    return read_sections(path, SECTIONS)
+
+
+def read_sections(path: Path, required: tuple[str, ...]) -> dict[str, str]:
+    """A template file's `### name` sections; ValueError if one of `required` is missing."""
     parts = _SECTION.split(path.read_text(encoding="utf-8"))
     sections = {name: body.strip("\n") for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-    missing = [s for s in SECTIONS if s not in sections]
+    missing = [s for s in required if s not in sections]
     if missing:
         raise ValueError(f"{path}: missing sections {missing}")
     return sections

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
@@ -25,13 +26,12 @@ from rgvlm_ray.labelers import prompts
 from rgvlm_ray.labelers.action_text import action_texts
 from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions
 from rgvlm_ray.labelers.engines.base import ChatRequest, Completion, Conversation, Engine
-from rgvlm_ray.labelers.images import decode_frames
-from rgvlm_ray.labelers.parsing import parse_scores
+from rgvlm_ray.labelers.images import VIEWS, decode_frames
+from rgvlm_ray.labelers.parsing import Parsed, parse_scores
 from rgvlm_ray.labelers.windows import Window, make_windows, owners
 
 log = logging.getLogger(__name__)
 NAME = "rgvlm"
-VIEWS = ("frames", "frames_full")
 
 
 @dataclass
@@ -52,10 +52,11 @@ class WindowLabel:
     analysis: str | None = None
     stage2: Conversation | None = None
     samples: list[Sample] = field(default_factory=list)
-    scores: list[float] | None = None  # per action in the window (mean over parsed samples)
+    scores: list[float] | None = None  # per answer value (rgvlm: per action; mean over parsed samples)
     score_std: list[float] | None = None
     status: str = "ok"
     message: str = ""
+    order: list[int] | None = None  # gvl: the window frame shown at each position (the shuffle)
 
 
 @dataclass
@@ -64,6 +65,19 @@ class EpisodeLabel:
     num_actions: int
     windows: list[WindowLabel] = field(default_factory=list)
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class Judge:
+    """What a prompting strategy over the two-stage driver below defines (rgvlm here, gvl in gvl.py): the
+    windows and stage-1 conversations, the stage-2 request, the answer's size, schema and parser, the retry."""
+
+    prepare: Callable[[dict, EngineConfig, LabelerConfig], EpisodeLabel]
+    stage2: Callable[[LabelerConfig, WindowLabel, str], Conversation]
+    answer_size: Callable[[WindowLabel], int]  # values in one reply
+    schema: Callable[[int], dict]
+    parse: Callable[[str | None, int], Parsed]
+    retry: Callable[[LabelerConfig, Conversation, str, str, int], Conversation]
 
 
 def scores_budget(cfg: EngineConfig, n: int) -> int:
@@ -149,9 +163,15 @@ def _run(engine: Engine, requests: list[ChatRequest]) -> list[Completion]:
 
 
 def label_episodes(
-    engine: Engine, ecfg: EngineConfig, lcfg: LabelerConfig, rows: list[dict], stats: Counters
+    engine: Engine,
+    ecfg: EngineConfig,
+    lcfg: LabelerConfig,
+    rows: list[dict],
+    stats: Counters,
+    judge: Judge | None = None,
 ) -> list[EpisodeLabel]:
-    episodes = [prepare_episode(r, lcfg) for r in rows]
+    judge = judge or JUDGE
+    episodes = [judge.prepare(r, ecfg, lcfg) for r in rows]
     windows = [w for ep in episodes for w in ep.windows]
     stats.windows += len(windows)
 
@@ -164,8 +184,7 @@ def label_episodes(
             w.status, w.message = "engine_error", f"stage 1: {c.error}"
             continue
         w.analysis = c.text
-        n = w.window.size
-        w.stage2 = prompts.stage2_messages(lcfg.prompt_version, w.stage1, c.text, n, w.window.start + 1)
+        w.stage2 = judge.stage2(lcfg, w, c.text)
         w.samples = [Sample(w.stage2) for _ in range(max(1, lcfg.num_samples))]
 
     # Stage 2 (+ retries): every pending sample in one call per round.
@@ -178,8 +197,8 @@ def label_episodes(
         requests = [
             ChatRequest(
                 s.conversation,
-                prompts.scores_schema(w.window.size),
-                scores_budget(ecfg, w.window.size),
+                judge.schema(judge.answer_size(w)),
+                scores_budget(ecfg, judge.answer_size(w)),
                 seed=ecfg.seed + k + 1000 * attempt,
             )
             for w, k, s in pending
@@ -192,15 +211,14 @@ def label_episodes(
                 s.error, s.engine_failed = f"stage 2: {c.error}", True
                 continue  # engine failures are not parse failures: the engine already retried
             s.replies.append(c.text)
-            parsed = parse_scores(c.text, w.window.size)
+            n = judge.answer_size(w)
+            parsed = judge.parse(c.text, n)
             if parsed.scores is not None:
                 s.scores, s.error = parsed.scores, None
                 continue
             stats.parse_failures += 1
             s.error = f"unusable reply after {len(s.replies)} attempt(s): {parsed.error}"
-            s.conversation = prompts.retry_messages(
-                lcfg.prompt_version, w.stage2, c.text, parsed.error or "", w.window.size
-            )
+            s.conversation = judge.retry(lcfg, w.stage2, c.text, parsed.error or "", n)
             still.append((w, k, s))
         pending = still
 
@@ -208,6 +226,24 @@ def label_episodes(
         if w.samples:
             _aggregate(w)
     return episodes
+
+
+def _stage2(lcfg: LabelerConfig, w: WindowLabel, analysis: str) -> Conversation:
+    return prompts.stage2_messages(lcfg.prompt_version, w.stage1, analysis, w.window.size, w.window.start + 1)
+
+
+def _retry(lcfg: LabelerConfig, stage2: Conversation, reply: str, error: str, n: int) -> Conversation:
+    return prompts.retry_messages(lcfg.prompt_version, stage2, reply, error, n)
+
+
+JUDGE = Judge(
+    prepare=lambda row, _ecfg, lcfg: prepare_episode(row, lcfg),
+    stage2=_stage2,
+    answer_size=lambda w: w.window.size,
+    schema=prompts.scores_schema,
+    parse=parse_scores,
+    retry=_retry,
+)
 
 
 def _aggregate(w: WindowLabel) -> None:

@@ -3,7 +3,9 @@
 - `qwen2_vl`: a Qwen2-VL (about 0.1M parameters) for the `hf` engine, saved with `save_pretrained` and loaded
   back through the very code that loads Qwen/Qwen2.5-VL-7B-Instruct (rgvlm_ray/labelers/engines/hf.py).
 - `clip`: a CLIPModel for the `clip` reference labeler.
-Both get a byte-level BPE tokenizer trained here on a small corpus of our own prompt and task words, so
+- `blip2`: a Blip2ForImageTextRetrieval for the `blip2` labeler.
+- `xclip`: an XCLIPModel (video-text) for the `roboclip` labeler.
+All get a byte-level BPE tokenizer trained here on a small corpus of our own prompt and task words, so
 nothing is downloaded. Their outputs are random; they exist to exercise every code path on CPU.
 """
 
@@ -191,4 +193,141 @@ def build_clip(out: str | Path, seed: int = 0) -> Path:
     return out
 
 
-BUILDERS = {"qwen2_vl": build_qwen2_vl, "clip": build_clip}
+BERT_SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+def build_blip2(out: str | Path, seed: int = 0) -> Path:
+    """A Blip2ForImageTextRetrieval (Salesforce/blip2-itm-vit-g's architecture): ViT, Q-Former, ITM head.
+
+    The real checkpoint's tokenizer is BERT's ([CLS] text [SEP]); ours is a locally trained byte-level BPE with
+    the same special tokens, and a `BlipImageProcessorPil` (the stock BlipImageProcessor needs torchvision;
+    AutoImageProcessor picks the PIL one for a real checkpoint on a machine without it)."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import Blip2Config, Blip2ForImageTextRetrieval, Blip2Processor, PreTrainedTokenizerFast
+    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+
+    raw = train_tokenizer(BERT_SPECIAL)
+    cls, sep = raw.token_to_id("[CLS]"), raw.token_to_id("[SEP]")
+    raw.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+    tokenizer.model_max_length = 64
+    num_query_tokens = 4
+    image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
+    processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
+    config = Blip2Config(
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            # Blip2VisionConfig's default (1e-10) leaves a random tower nearly zero: every frame would look alike.
+            "initializer_range": 0.02,
+        },
+        qformer_config={
+            "vocab_size": len(processor.tokenizer),
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "intermediate_size": 64,
+            "max_position_embeddings": 64,
+            "encoder_hidden_size": 32,
+            "pad_token_id": tokenizer.pad_token_id,
+            "use_qformer_text_input": True,  # the ITM head reads the text through the Q-Former
+        },
+        text_config={
+            "model_type": "opt",
+            "vocab_size": 64,
+            "hidden_size": 16,
+            "num_hidden_layers": 1,
+            "ffn_dim": 32,
+            "num_attention_heads": 2,
+            "word_embed_proj_dim": 16,
+        },
+        num_query_tokens=num_query_tokens,
+        # the processor puts num_query_tokens <image> tokens before the text; the model strips them again
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"),
+        image_text_hidden_size=16,
+    )
+    torch.manual_seed(seed)
+    model = Blip2ForImageTextRetrieval(config)
+    out = Path(out)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def build_xclip(out: str | Path, seed: int = 0, num_frames: int = 8) -> Path:
+    """An XCLIPModel (microsoft/xclip-base-patch32's architecture: CLIP towers, cross-frame communication, a
+    multi-frame integration transformer and a video-conditioned text prompt), `num_frames` frames per clip as
+    the real one. Video frames go through `VideoMAEImageProcessorPil` (the stock VideoMAEImageProcessor needs
+    torchvision)."""
+    import torch
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast, XCLIPConfig, XCLIPModel, XCLIPProcessor
+    from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
+
+    raw = train_tokenizer(CLIP_SPECIAL)
+    bos, eos = raw.token_to_id("<|startoftext|>"), raw.token_to_id("<|endoftext|>")
+    # X-CLIP, like CLIP, pools the text at its end-of-text token (the highest id in the real vocabulary).
+    raw.post_processor = TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+    )
+    tokenizer.model_max_length = 77
+    image_processor = VideoMAEImageProcessorPil(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    config = XCLIPConfig(
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 77,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": eos,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "mit_hidden_size": 16,
+            "mit_intermediate_size": 32,
+            "mit_num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+            "num_frames": num_frames,
+        },
+        projection_dim=16,
+        prompt_num_attention_heads=2,
+    )
+    torch.manual_seed(seed)
+    model = XCLIPModel(config)
+    out = Path(out)
+    model.save_pretrained(out)
+    XCLIPProcessor(image_processor, tokenizer).save_pretrained(out)
+    return out
+
+
+BUILDERS = {"qwen2_vl": build_qwen2_vl, "clip": build_clip, "blip2": build_blip2, "xclip": build_xclip}

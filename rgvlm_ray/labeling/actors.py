@@ -19,6 +19,8 @@ from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling.writers import write_part
 
 PATH_COL = "path"  # added by read_parquet(include_paths=True)
+# Labeler counters (Labeler.stats()) carried per batch to the shard's record and the run's summary.
+COUNTED = ("prompt_tokens", "completion_tokens", "goals_truncated")
 # What an actor call returns: one small row per input shard in its batch, never episodes.
 RESULT_SCHEMA = pa.schema(
     [
@@ -27,6 +29,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("episodes", pa.int64()),
         pa.field("prompt_tokens", pa.int64()),
         pa.field("completion_tokens", pa.int64()),
+        pa.field("goals_truncated", pa.int64()),
     ]
 )
 
@@ -71,14 +74,14 @@ class LabelActor:
         except Exception as exc:  # an engine crash must not drop episodes: record it on each of them
             labels = self._failed(rows, f"{type(exc).__name__}: {exc}")
         after = self.labeler.stats()
-        tokens = [after.get(k, 0) - before.get(k, 0) for k in ("prompt_tokens", "completion_tokens")]
+        tokens = [after.get(k, 0) - before.get(k, 0) for k in COUNTED]
         table = label_table(batch.column("episode_id").combine_chunks(), labels, self.labeler.name)
         results = []
         for path in pc.unique(batch.column(PATH_COL)).to_pylist():
             part = table.filter(pc.equal(batch.column(PATH_COL), path))
             written = write_part(part, self.out, self.names[path], self.run_id, self.storage)
             results.append([path, written, part.num_rows, *tokens])
-            tokens = [0, 0]  # a batch's tokens are counted once, on its first shard
+            tokens = [0] * len(COUNTED)  # a batch's counts go once, to its first shard
         return pa.Table.from_pylist(
             [dict(zip(RESULT_SCHEMA.names, r, strict=True)) for r in results], RESULT_SCHEMA
         )

@@ -1,8 +1,9 @@
 """`--reward MODE`: which dataset column(s) give the per-step reward IQL trains on.
 
 Grammar: MODE is `TERM` or `TERM+TERM+...`, each TERM `sparse` (the environment's `rewards` column) or a labeler
-name (`rgvlm`, `clip`, `oracle`, `noisyNN`; its `<name>_reward` column), each at most once. So `sparse`,
-`rgvlm`, `rgvlm+sparse`, `oracle+sparse`, `noisy30`, `noisy30+sparse`, `clip+sparse` are all modes.
+name (`rgvlm`, `gvl`, `clip`, `blip2`, `roboclip`, `oracle`, `noisyNN`; its `<name>_reward` column), each at
+most once. So `sparse`, `rgvlm`, `rgvlm+sparse`, `oracle+sparse`, `noisy30`, `noisy30+sparse`, `clip+sparse`,
+`blip2+sparse`, `gvl+sparse` are all modes.
 A one-term mode is that column as is. A multi-term mode is sum_term w_term * r_term with
 w_term = `iql.reward_weights.get(term, 1.0)`; the paper's RG-VLM+Sparse adds the two, i.e. 1.0 / 1.0.
 
@@ -28,7 +29,7 @@ from rgvlm_ray.errors import UsageError
 SPARSE = "sparse"
 SPARSE_COLUMN = "rewards"
 VALID_FORMS = (
-    "TERM or TERM+TERM+..., each TERM one of sparse | rgvlm | clip | oracle | noisyNN "
+    "TERM or TERM+TERM+..., each TERM one of sparse | rgvlm | gvl | clip | blip2 | roboclip | oracle | noisyNN "
     "(NN = the noisy oracle's level in percent, two digits: noisy10, noisy30, noisy100), each at most once; "
     "e.g. sparse, rgvlm+sparse, oracle+sparse, noisy30+sparse"
 )
@@ -70,6 +71,8 @@ def label_engine_args(labeler: str) -> str:
     """The `rgvlm label` flags that write `labeler`'s columns."""
     if labeler == "rgvlm":
         return "--engine hf (or --engine vllm|openai)"
+    if labeler == "gvl":
+        return "--engine hf labeler.strategy=gvl (or --engine vllm|openai)"
     percent = fmt.noisy_percent(labeler)
     if percent is not None:
         return f"--engine noisy_oracle labeler.oracle_noise={percent / 100:g}"

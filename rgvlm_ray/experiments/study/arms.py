@@ -14,7 +14,7 @@ log = logging.getLogger(__name__)
 TEMPLATE = "X"  # the labeler placeholder in study.modes
 ABLATION_TEMPLATE = "X+sparse"
 ABLATION_MODE = "oracle+sparse"  # the arm the context ablation varies
-FIXED_LABELERS = ("oracle", "clip", "rgvlm")
+FIXED_LABELERS = ("oracle", "clip", "blip2", "roboclip", "rgvlm", "gvl")
 BASELINES = ("bc", "filtered_bc")
 CEILING = "bc_expert"  # BC on noise-free expert data: the architecture's ceiling
 
@@ -82,7 +82,7 @@ def validate(cfg: Config) -> None:
     for name in s.labelers:
         if name not in FIXED_LABELERS and fmt.noisy_percent(name) is None:
             raise UsageError(
-                f"study.labelers: unknown labeler {name!r}; use oracle, clip, rgvlm or noisyNN (e.g. noisy30)"
+                f"study.labelers: unknown labeler {name!r}; use {', '.join(FIXED_LABELERS)} or noisyNN (e.g. noisy30)"
             )
     if len(set(s.labelers)) != len(s.labelers):
         raise UsageError(f"study.labelers lists a labeler twice: {s.labelers}")
@@ -93,8 +93,9 @@ def validate(cfg: Config) -> None:
         if TEMPLATE not in template.split("+"):
             raise UsageError(f"study.modes: {template!r} has no {TEMPLATE} term (e.g. X or X+sparse)")
         reward_terms(substitute(template, "oracle"))  # UsageError for a malformed mode
-    if "rgvlm" in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
-        raise UsageError(f"labeler rgvlm needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
+    for lvlm in ("rgvlm", "gvl"):
+        if lvlm in s.labelers and cfg.engine.kind not in LVLM_ENGINES:
+            raise UsageError(f"labeler {lvlm} needs engine.kind in {LVLM_ENGINES}, got {cfg.engine.kind!r}")
     unknown = sorted(set(s.baselines) - set(BASELINES))
     if unknown:
         raise UsageError(f"study.baselines: unknown {unknown}; choose from {list(BASELINES)}")

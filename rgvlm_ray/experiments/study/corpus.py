@@ -54,15 +54,19 @@ def expert_data(ws: Workspace) -> str:
 
 def models(ws: Workspace) -> None:
     """Tiny random stand-ins for the models a listed labeler needs and the config leaves empty (noise)."""
-    from rgvlm_ray.labelers.tiny_vlm import build_clip, build_qwen2_vl
+    from rgvlm_ray.labelers.tiny_vlm import build_blip2, build_clip, build_qwen2_vl, build_xclip
 
     cfg = ws.cfg
-    if "rgvlm" in cfg.study.labelers and not cfg.engine.model:
+    if {"rgvlm", "gvl"} & set(cfg.study.labelers) and not cfg.engine.model:
         ws.tiny_vlm = True
         cfg.engine.model = tiny_model(ws, "tiny-qwen2-vl", build_qwen2_vl)
     if "clip" in cfg.study.labelers and not cfg.study.clip_model:
         ws.tiny_clip = True
         cfg.study.clip_model = tiny_model(ws, "tiny-clip", build_clip)
+    if "blip2" in cfg.study.labelers and not cfg.study.blip2_model:
+        cfg.study.blip2_model = tiny_model(ws, "tiny-blip2", build_blip2)
+    if "roboclip" in cfg.study.labelers and not cfg.study.roboclip_model:
+        cfg.study.roboclip_model = tiny_model(ws, "tiny-xclip", build_xclip)
 
 
 def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfig]:
@@ -74,9 +78,15 @@ def labeler_settings(cfg: Config, name: str) -> tuple[EngineConfig, LabelerConfi
         )
     if name == "oracle":
         return replace(cfg.engine, kind="oracle", model=""), cfg.labeler
-    if name == "clip":
-        return replace(cfg.engine, kind="clip", model=cfg.study.clip_model), cfg.labeler
-    return cfg.engine, cfg.labeler  # rgvlm: the configured LVLM engine
+    if name in ("clip", "blip2", "roboclip"):
+        model = {
+            "clip": cfg.study.clip_model,
+            "blip2": cfg.study.blip2_model,
+            "roboclip": cfg.study.roboclip_model,
+        }
+        return replace(cfg.engine, kind=name, model=model[name]), cfg.labeler
+    # rgvlm and gvl: the configured LVLM engine, with their prompting strategy
+    return cfg.engine, replace(cfg.labeler, strategy=name)
 
 
 @dataclass

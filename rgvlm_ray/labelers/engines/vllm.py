@@ -36,7 +36,14 @@ def import_vllm():
 
 def llm_kwargs(cfg: EngineConfig, labeler: LabelerConfig) -> dict:
     """Arguments for `vllm.LLM(...)`."""
-    images = cfg.vllm.limit_mm_per_prompt or labeler.window + 1
+    # RG-VLM shows a window's window + 1 frames; GVL adds the episode's first frame as its 0% anchor.
+    needed = labeler.window + (2 if labeler.strategy == "gvl" else 1)
+    images = cfg.vllm.limit_mm_per_prompt or needed
+    if images < needed:  # vLLM would refuse every prompt of a full window
+        raise UsageError(
+            f"engine.vllm.limit_mm_per_prompt={images} is below the {needed} images a window of "
+            f"labeler.window={labeler.window} shows (labeler.strategy={labeler.strategy}); raise it or leave it unset"
+        )
     return {
         "model": cfg.model,
         "revision": cfg.revision,
