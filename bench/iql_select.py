@@ -69,8 +69,8 @@ def advantage_auc(net: object, buffer: object, experts: np.ndarray, context: int
 
 
 def run(name: str, overrides: dict[str, object], train: pa.Table, held: pa.Table, steps: int) -> dict:
+    from rgvlm_ray.iql.agreement import expert_agreement, table_episodes
     from rgvlm_ray.iql.data import to_transitions
-    from rgvlm_ray.iql.evaluate import expert_agreement, table_episodes
     from rgvlm_ray.iql.model import IQLNet, ModelSpec
     from rgvlm_ray.iql.update import ReplayBuffer, fit
     from rgvlm_ray.iql.vocab import Vocab

@@ -1,6 +1,6 @@
 """`rgvlm <command> [flags] [key=value ...]`.
 
-Every flag is a shortcut for one key of the structured config in rgvlm_ray/config.py; any other key can be
+Every flag is a shortcut for one key of the structured config in rgvlm_ray/config/; any other key can be
 set with `key=value`. Handlers live in rgvlm_ray/commands/ as `main(cfg: Config) -> int` and are imported
 lazily so `rgvlm --help` stays fast; the domain modules they call never import this one.
 """
@@ -202,7 +202,7 @@ COMMANDS: dict[str, Command] = {
             Flag("--checkpoint", "eval.checkpoint", help="run folder or one checkpoint"),
             Flag("--out", "eval.out", help="folder for eval.json, eval.md and eval.png"),
             Flag("--episodes-per-k", "eval.episodes_per_k", int),
-            Flag("--split", "eval.split", help="seen | randomized"),
+            Flag("--split", "eval.split", help="seen | randomized | novel (docs/study.md)"),
             Flag("--max-steps", "eval.max_steps", int, "episode step limit (default: the env's)"),
             Flag("--policy", "eval.policy", help="greedy (the mode of pi, default) | sample"),
             *STORAGE_FLAGS,

@@ -13,7 +13,10 @@ log = logging.getLogger(__name__)
 
 
 def init_ray(cfg: RayConfig | None = None) -> None:
-    """Join the cluster (`ray.address`, RAY_ADDRESS, or the job's cluster) or start a local one. Idempotent."""
+    """Join the cluster (`ray.address`, RAY_ADDRESS, or the job's cluster) or start a local one. Idempotent.
+
+    A local head started here ends with this process, even on `kill -9`: Ray 2.60 starts its processes with
+    prctl(PR_SET_PDEATHSIG) on Linux (its reaper process elsewhere); tests/test_small_points.py checks it."""
     if ray.is_initialized():
         return
     cfg = cfg or RayConfig()

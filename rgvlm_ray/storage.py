@@ -17,7 +17,7 @@ import fsspec
 import pyarrow.fs as pafs
 
 from rgvlm_ray.config import StorageConfig
-from rgvlm_ray.errors import StorageError
+from rgvlm_ray.errors import StorageError, UsageError
 
 
 def is_remote(path: str) -> bool:
@@ -102,6 +102,16 @@ def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(base.rstrip("/"), *parts)
     return os.path.join(base, *parts)
+
+
+def require_folder(path: str, flag: str, cfg: StorageConfig | None = None) -> None:
+    """Refuse an output folder that is a file, in one line naming the flag (a FileExistsError deep in a write
+    otherwise). A folder that does not exist yet is fine: the command creates it."""
+    if not path:
+        return
+    fs, p = get_fs(path, cfg)
+    if fs.isfile(p):
+        raise UsageError(f"{flag} {path} is a file, not a folder: give a folder (it is created if missing)")
 
 
 def basename(path: str) -> str:

@@ -90,6 +90,9 @@ def s3_env(s3_server: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> Storage
 # cpu-2core (BENCHMARKS.md, "Test suite"); a file not listed weighs 10.
 SHARD_WEIGHTS = {
     "test_study.py": 200,
+    "test_fuzz_format.py": 170,
+    "test_paths_unicode.py": 150,
+    "test_small_points.py": 90,
     "test_label_others.py": 250,
     "test_label_paths.py": 150,
     "test_label_store.py": 120,
@@ -113,6 +116,7 @@ SHARD_WEIGHTS = {
     "test_label_openai_serve.py": 30,
     "test_iql_learning.py": 30,
     "test_generate_cli.py": 30,
+    "test_mission_pool.py": 30,
 }
 
 

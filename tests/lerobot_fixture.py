@@ -37,7 +37,8 @@ def action_stats(actions: list[list[float]]) -> dict[str, list]:
     return stats | {"count": [len(a)]}
 
 
-def write_video(path: Path, frames: list[np.ndarray], codec: str) -> None:
+def write_video(path: Path, frames: list[np.ndarray], codec: str, skip: int | None = None) -> None:
+    """`skip`: leave out the frame at this index, keeping the others' times (a gap in the middle)."""
     import av
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +48,8 @@ def write_video(path: Path, frames: list[np.ndarray], codec: str) -> None:
         stream.pix_fmt = "yuv420p"
         stream.time_base = Fraction(1, FPS)
         for k, rgb in enumerate(frames):
+            if k == skip:
+                continue
             frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
             frame.pts = k
             container.mux(stream.encode(frame))
@@ -54,9 +57,15 @@ def write_video(path: Path, frames: list[np.ndarray], codec: str) -> None:
 
 
 def make_dataset(
-    root: Path, drop_video: str = "", short_video: str = "", info_fps: float = FPS, timestamp_fps: float = FPS
+    root: Path,
+    drop_video: str = "",
+    short_video: str = "",
+    info_fps: float = FPS,
+    timestamp_fps: float = FPS,
+    gap_video: str = "",
 ) -> Path:
-    """drop_video / short_video: a camera whose file-001 video is deleted / loses its last two frames.
+    """drop_video / short_video: a camera whose file-001 video is deleted / loses its last two frames; gap_video: a
+    camera whose file-000 video lacks its frame 2 (in the middle of episode 0) and runs on past the data.
     info_fps: the fps meta/info.json declares; timestamp_fps: the rate the data's timestamps are written at (the
     videos are always FPS)."""
     features = {
@@ -99,7 +108,12 @@ def make_dataset(
         for cam, codec in CAMERAS.items():
             frames = videos[file][:-2] if (cam == short_video and file == 1) else videos[file]
             if not (cam == drop_video and file == 1):
-                write_video(root / f"videos/{cam}/chunk-000/file-{file:03d}.mp4", frames, codec)
+                skip = 2 if (cam == gap_video and file == 0) else None
+                if (
+                    skip is not None
+                ):  # 40 trailing frames keep the file's average rate near FPS despite the gap
+                    frames = frames + [frames[-1]] * 40
+                write_video(root / f"videos/{cam}/chunk-000/file-{file:03d}.mp4", frames, codec, skip)
     (root / "meta/episodes/chunk-000").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(meta), root / "meta/episodes/chunk-000/file-000.parquet")
     pq.write_table(pa.table({"task_index": [0, 1], "task": TASKS}), root / "meta/tasks.parquet")

@@ -13,7 +13,13 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.env import find_mission
 from rgvlm_ray.data.generate import FrameRenderer, build_shard, episode_plan, generate_episode
 from rgvlm_ray.data.inspect import Behaviour
-from rgvlm_ray.iql.evaluate import agreement_result, episode_windows, expert_agreement, table_episodes
+from rgvlm_ray.iql.agreement import (
+    agreement_result,
+    episode_windows,
+    expert_agreement,
+    table_episodes,
+    train_agreement_result,
+)
 from rgvlm_ray.iql.model import IQLNet, ModelSpec
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -108,3 +114,31 @@ def test_agreement_is_not_available_rather_than_zero_without_expert_actions(tmp_
     imported_run = {"env_source": "unknown", "pool_seed": None, "behaviour": None}
     result = agreement_result("unused", imported_run, load_config())
     assert result["expert_agreement"] is None and "not available" in result["expert_agreement_note"]
+
+
+def test_training_agreement_reads_the_runs_own_episodes_and_says_whether_it_fits(tmp_path):
+    """A policy that always picks action a agrees with its training actions exactly as often as they are a."""
+    table = _table(expert_noise=0.5)
+    for i in range(2):  # two shards: the sample spreads over them
+        fmt.write_shard(table.slice(12 * i, 12), str(tmp_path / "räw data" / f"shard-{i:05d}.parquet"))
+    actions = np.concatenate(table["actions"].to_pylist())
+    vocab = Vocab.build(table["goal"].to_pylist())
+    net = IQLNet(ModelSpec("symbolic", len(vocab), 7, 32, 8, context=2, clause_sep=vocab.clause_separator()))
+    run = {"in_path": str(tmp_path / "räw data")}
+    cfg = load_config(overrides={"eval.train_agreement_episodes": 24})
+    for action in (2, 5):
+        with torch.no_grad():
+            net.pi[-1].weight.zero_()
+            net.pi[-1].bias.copy_(torch.nn.functional.one_hot(torch.tensor(action), 7).float() * 50)
+        result = train_agreement_result(net, vocab, run, cfg)
+        assert result["train_agreement"] == round(float(np.mean(actions == action)), 4)
+        assert result["train_agreement_states"] == len(actions)
+        assert result["fits_training_data"] is False
+    # the same episodes, every action 5: the policy that always picks 5 fits them
+    fives = pa.array([[5] * len(a) for a in table["actions"].to_pylist()], table.schema.field("actions").type)
+    fmt.write_shard(table.set_column(table.schema.get_field_index("actions"), "actions", fives),
+                    str(tmp_path / "fives" / "shard-00000.parquet"))  # fmt: skip
+    result = train_agreement_result(net, vocab, {"in_path": str(tmp_path / "fives")}, cfg)
+    assert result["train_agreement"] == 1.0 and result["fits_training_data"] is True
+    missing = train_agreement_result(net, vocab, {"in_path": str(tmp_path / "gone")}, cfg)
+    assert missing["train_agreement"] is None and "not available" in missing["train_agreement_note"]

@@ -40,9 +40,11 @@ def test_demo_writes_report_with_tables_and_plots(ray_cluster, tmp_path, capsys)
     assert "| label (rgvlm) |" in report and "transitions/s" in report  # throughput
     # Weight diagnostics and expert agreement per arm, read from each run's run.json and eval.json.
     assert "## Does each learner select actions?" in report
+    assert "| training agreement (fit) | expert agreement (held-out) |" in report
     for folder, mode in arms.items():
         ev = json.loads((out / "eval" / folder / "eval.json").read_text())
         assert ev["policy"] == "greedy" and ev["expert_agreement"] is not None
+        assert ev["train_agreement"] is not None  # fit on its own training episodes, beside the held-out one
         assert f"\n| {mode} | " in report.split("## Does each learner select actions?")[1]
     assert "PlacementGroupCleaner" not in printed
     for png in ("success_by_k.png", "completion_by_k.png"):

@@ -11,7 +11,7 @@ import torch
 
 from rgvlm_ray.cli import main as cli
 from rgvlm_ray.config import Config, EnvConfig
-from rgvlm_ray.data.env import NUM_ACTIONS
+from rgvlm_ray.data.env import NUM_ACTIONS, SPLIT_DEFINITIONS
 from rgvlm_ray.iql.checkpoint import checkpoint_name, latest_checkpoint, load_policy, save_checkpoint
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.update import make_optimizer
@@ -20,7 +20,7 @@ from rgvlm_ray.iql.vocab import Vocab
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def write_checkpoint(run_dir: str, step: int = 3, reward: str = "oracle") -> str:
+def write_checkpoint(run_dir: str, step: int = 3, reward: str = "oracle", pool_seed: int | None = 0) -> str:
     """A small untrained checkpoint, saved the way the trainer saves one."""
     cfg = Config()
     vocab = Vocab.build(
@@ -30,7 +30,13 @@ def write_checkpoint(run_dir: str, step: int = 3, reward: str = "oracle") -> str
         ModelSpec("symbolic", len(vocab), NUM_ACTIONS, 32, 8, context=4, clause_sep=vocab.clause_separator())
     )
     optimizer, scheduler = make_optimizer(net, cfg.iql, 10)
-    run = {"step": step, "reward": reward, "pool_seed": 0, "env": asdict(EnvConfig()), "reward_scale": 1.0}
+    run = {
+        "step": step,
+        "reward": reward,
+        "pool_seed": pool_seed,
+        "env": asdict(EnvConfig()),
+        "reward_scale": 1.0,
+    }
     path = os.path.join(run_dir, checkpoint_name(step))
     save_checkpoint(path, net, target_heads(net), optimizer, scheduler, vocab, cfg, run)
     return path
@@ -80,6 +86,11 @@ def test_evaluate_reports_every_k_and_compare_plots_runs(ray_cluster, tmp_path, 
         assert 0.0 <= r["success_rate"] <= r["subtask_completion"] + 1e-9 <= 1.0 + 1e-9
         assert r["mean_steps"] <= 30
     assert result["reward"] == "oracle" and result["split"] == "seen"
+    assert result["split_definition"] == SPLIT_DEFINITIONS["seen"] and result["substitutions"] == []
+    # the checkpoint's vocabulary holds two missions' words: most evaluation missions have unseen words
+    vocab = load_policy(result["checkpoint"])[1]
+    unknown = sum(bool(vocab.unknown_words(e["mission"])) for e in result["episodes"])
+    assert result["unknown_word_missions"] == unknown > 0
     table = (tmp_path / "eval" / "eval.md").read_text()
     assert table.count("\n| ") == 7  # header + k = 1..6
     assert (tmp_path / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
@@ -124,3 +135,25 @@ def test_evaluate_rejects_unknown_split(tmp_path, capsys, split) -> None:
         cli(["evaluate", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "e"), "--split", split]) == 2
     )
     assert "--split" in capsys.readouterr().err
+
+
+def test_novel_split_draws_missions_beyond_the_generated_pool(ray_cluster, tmp_path) -> None:
+    run_dir = str(tmp_path / "run")
+    write_checkpoint(run_dir)
+    runs = {}
+    for split in ("seen", "novel"):
+        args = ["evaluate", "--checkpoint", run_dir, "--episodes-per-k", "2", "--split", split]
+        assert cli([*args, "--out", str(tmp_path / split), "--max-steps", "5", "eval.stall_steps=null"]) == 0
+        runs[split] = json.loads((tmp_path / split / "eval.json").read_text())
+    assert runs["novel"]["split_definition"] == SPLIT_DEFINITIONS["novel"]
+    long_missions = {s: {e["mission"] for e in r["episodes"] if e["k"] >= 3} for s, r in runs.items()}
+    assert long_missions["seen"] and not long_missions["seen"] & long_missions["novel"]
+
+
+@pytest.mark.parametrize("split", ["randomized", "novel"])
+def test_new_missions_are_refused_without_a_mission_pool(tmp_path, capsys, split) -> None:
+    run_dir = str(tmp_path / "run")
+    write_checkpoint(run_dir, pool_seed=None)  # as trained on imported data
+    assert cli(["evaluate", "--checkpoint", run_dir, "--out", str(tmp_path / "e"), "--split", split]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--split {split}" in err and "--split seen" in err and "Traceback" not in err and "\n" not in err

@@ -307,8 +307,9 @@ def test_gvl_prompts_hold_one_more_image_and_vllm_limits_are_checked():
 
 
 def test_the_cluster_study_lists_every_labeler_with_the_settings_that_write_its_columns():
+    from rgvlm_ray.experiments.study.arms import validate
+    from rgvlm_ray.experiments.study.corpus import labeler_settings
     from rgvlm_ray.labelers import labeler_name
-    from rgvlm_ray.study import labeler_settings, validate
 
     c = load_config(["study-cluster"], dotlist=["study.out=s3://bucket/study"])
     assert {"oracle", "clip", "blip2", "roboclip", "rgvlm", "gvl"} <= set(c.study.labelers)

@@ -263,3 +263,19 @@ def test_export_keeps_env_spec_and_metadata(ray_cluster, minari_env, tmp_path):
         assert meta["seed"] == src_metas[meta["source_episode"]]["seed"]
         assert (ep.observations["image"] == src.observations["image"]).all()
         assert (ep.actions == src.actions).all() and (ep.rewards == src.rewards).all()
+
+
+def test_an_episode_whose_own_metadata_is_damaged_is_imported_with_a_warning(
+    ray_cluster, minari_env, tmp_path
+):
+    """Issue 24: its seed silently disappeared on export; the import now names what will be lost."""
+    data = copy_dataset(minari_env, "rgvlm/chain-arrow-v0", tmp_path)
+    (data / "1" / "metadata.json").write_text("{not json")
+    out = tmp_path / "raw"
+    assert cli.main(["import", "minari", str(data), "--out", str(out)]) == 0
+    s = summary(out)
+    assert s["balance"] == "4 source episodes = 4 written + 0 skipped"
+    [warning] = s["warnings"]
+    assert warning["episode"] == "episode 1"
+    assert warning["reason"].startswith("its own metadata cannot be read (")
+    assert warning["reason"].endswith("its seed and options are lost on export")

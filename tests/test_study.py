@@ -15,9 +15,12 @@ from scipy import stats
 
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import load_config
-from rgvlm_ray.study import Arm, Corpus, check_treatment, labeler_settings, plan_arms, run_config
-from rgvlm_ray.study_report import diagnostics_table, figure4_table, markdown, mean_ci, targets, told_apart
-from rgvlm_ray.workspace import Workspace
+from rgvlm_ray.experiments.study.arms import Arm, plan_arms
+from rgvlm_ray.experiments.study.corpus import Corpus, labeler_settings
+from rgvlm_ray.experiments.study.report import markdown
+from rgvlm_ray.experiments.study.runs import check_treatment, run_config
+from rgvlm_ray.experiments.study.tables import diagnostics_table, figure4_table, mean_ci, targets, told_apart
+from rgvlm_ray.experiments.workspace import Workspace
 
 # --- CI math, against scipy's own t interval and a value worked out by hand -------------------------------------
 
@@ -153,7 +156,9 @@ def _run(
         "in_path": "raw",
     }
     back |= {k: v for k, v in extra.items() if k in ("diagnostics", "in_path")}
-    ev = {"by_k": by_k, "expert_agreement": extra.get("agreement")}
+    fit = extra.get("fit")
+    ev = {"by_k": by_k, "expert_agreement": extra.get("agreement"), "train_agreement": fit,
+          "fits_training_data": None if fit is None else fit >= 0.97}  # fmt: skip
     return {"arm": folder, "seed": seed, "read_back": back, "evals": {"seen": ev}}
 
 
@@ -215,16 +220,22 @@ def test_targets_report_the_measured_distance_of_each():
 
 def test_baseline_rows_and_weight_diagnostics_come_from_what_each_run_read_back():
     diag = {"awr_ess": 0.5, "beta_adv_std": 1.2, "adv_clipped_frac": 0.0, "reward_weight_ratio": 2.0}
-    runs = [_run("x", "oracle+sparse", s, 0.4, diagnostics=diag, agreement=0.8) for s in range(3)]
-    runs += [_run("x", "sparse", s, 0.2, learner="bc", agreement=a) for s, a in enumerate([0.6, 0.62, 0.61])]
+    runs = [_run("x", "oracle+sparse", s, 0.4, diagnostics=diag, agreement=0.8, fit=0.99) for s in range(3)]
+    runs += [_run("x", "sparse", s, 0.2, learner="bc", agreement=a, fit=f)
+             for s, (a, f) in enumerate([(0.6, 0.99), (0.62, 0.9), (0.61, 0.98)])]  # fmt: skip
     runs += [_run("x", "sparse", 0, 0.7, learner="bc", in_path="expert", agreement=0.9)]
     study = _study(runs)
     table = diagnostics_table(study)
     assert (
-        "| oracle+sparse | n=3 (seeds 0, 1, 2) | 0.50 ± 0.00 | 1.20 ± 0.00 | 0.00 ± 0.00 | 2.00 ± 0.00 | 0.80 ± 0.00 |"
-        in table
+        "| oracle+sparse | n=3 (seeds 0, 1, 2) | 0.50 ± 0.00 | 1.20 ± 0.00 | 0.00 ± 0.00 | 2.00 ± 0.00 "
+        "| 0.99 ± 0.00 | 3 of 3 seeds | 0.80 ± 0.00 |" in table
     )
     assert "| bc | n=3 (seeds 0, 1, 2) | BC: weights 1 |" in table
+    assert "| 2 of 3 seeds — **did not fit** |" in table  # one bc seed stayed below 0.97
+    assert (
+        "| bc (expert data) | n=1, no CI (seeds 0) | BC: weights 1 | BC: weights 1 | BC: weights 1 | BC: weights 1 | n/a | n/a |"
+        in table
+    )
     assert "| bc (expert data) | n=1, no CI (seeds 0) |" in table
     text = targets(study, "seen")
     assert (
@@ -295,6 +306,9 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
             ev = json.loads((out / "eval" / arm / f"seed{seed}" / "seen" / "eval.json").read_text())
             assert ev["reward"] == expected[arm] and [r["k"] for r in ev["by_k"]] == [1, 2, 3, 4, 5, 6]
             assert ev["policy"] == "greedy" and 0 <= ev["expert_agreement"] <= 1
+            assert (
+                0 <= ev["train_agreement"] <= 1 and ev["train_agreement_states"] > 0
+            )  # fit, on its own data
     # The noise-free expert data really is noise-free: every action is the bot's.
     expert = pq.read_table(out / "data" / "expert", columns=["actions", "expert_actions"]).to_pylist()
     assert all(r["actions"] == r["expert_actions"] for r in expert)

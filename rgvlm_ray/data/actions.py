@@ -12,7 +12,10 @@ from dataclasses import asdict, dataclass
 import pyarrow as pa
 
 ACTIONS_KEY = b"rgvlm.actions"
+GENERATOR_KEY = b"rgvlm.generator"  # written by `rgvlm generate` (rgvlm_ray/data/generate.py)
 KINDS = ("discrete", "continuous")
+# BabyAI's (MiniGrid's) seven actions, by id: what `rgvlm generate` records.
+BABYAI_ACTIONS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,16 @@ def is_continuous_type(t: pa.DataType) -> bool:
 
 
 def action_space(schema: pa.Schema) -> ActionSpace:
-    """The shard's declared space, or the one its `actions` type implies."""
+    """The shard's declared space, or the one its `actions` type implies. Shards from `rgvlm generate` (before it
+    declared one) hold BabyAI's seven actions: their ids are checked against that range."""
     meta = (schema.metadata or {}).get(ACTIONS_KEY)
     if meta is not None:
-        return ActionSpace.from_json(meta)
+        try:
+            return ActionSpace.from_json(meta)
+        except (ValueError, TypeError) as exc:  # JSONDecodeError is a ValueError
+            raise ValueError(f"its {ACTIONS_KEY.decode()} metadata is not an action space ({exc})") from None
+    if GENERATOR_KEY in (schema.metadata or {}):
+        return ActionSpace("discrete", list(BABYAI_ACTIONS), n=len(BABYAI_ACTIONS))
     if "actions" in schema.names and is_continuous_type(schema.field("actions").type):
         return ActionSpace("continuous")
     return ActionSpace("discrete")

@@ -8,12 +8,16 @@ Deviations from the stock BabyAI grammar, and why:
 - No locked rooms and no blocking objects, so every sub-task is reachable and the bot always can solve it.
 - A mission is *accepted* only if the noise-free bot solves it and no sub-task completes on the same or the
   next step as the previous one; otherwise the sub-task count would not measure task length.
+- A `randomized` episode re-places the objects and the agent of its `seen` twin and never redraws the mission.
+  If no placement of that mission is accepted, the mission is replaced by the pool's next accepted draw for
+  the same (k, index) that has one (`EpisodeSpec.substituted`; docs/iql.md, "Evaluation").
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -26,12 +30,36 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from PIL import Image
 
 from rgvlm_ray.config import EnvConfig
+from rgvlm_ray.data.actions import BABYAI_ACTIONS
+from rgvlm_ray.errors import UsageError
 
-ACTION_TEXTS = ("turn left", "turn right", "move forward", "pick up", "drop", "toggle", "done")
+ACTION_TEXTS = BABYAI_ACTIONS
 NUM_ACTIONS = len(ACTION_TEXTS)
 RANDOM_ACTIONS = 6  # the behaviour policy's random actions exclude "done"
 MAX_SUBTASKS = 6
 MAX_ATTEMPTS = 200  # mission seeds tried per (k, index) before giving up
+PLACEMENT_TRIES = 100  # re-placements of one randomized draw before that draw counts as not accepted
+SPLITS = ("seen", "randomized", "novel")
+NOVEL_OFFSET = (
+    1_000_000  # `novel` missions sit at pool indices from here on, which `rgvlm generate` never reaches
+)
+SPLIT_DEFINITIONS = {
+    # recorded in eval.json; docs/study.md says which claim each split tests
+    "seen": "the training data's own missions and initial states (pool indices 0..n-1, as generated)",
+    "randomized": "the training data's own missions, objects and agent re-placed (a new initial state)",
+    "novel": f"missions of the same generator at pool indices >= {NOVEL_OFFSET:,}, never in generated data",
+}
+
+
+class PlacementFailed(Exception):
+    """No valid re-placement for a randomized draw. Deliberately not a `RejectSampling`: BabyAI's `_gen_grid`
+    catches that (and RecursionError) and silently draws a *different mission*, which broke the randomized
+    split's promise of the same task from another initial state (issue 27)."""
+
+
+class MissionNotFound(UsageError):
+    """(k, index) of a pool has no accepted mission (or, for `randomized`, no accepted placement)."""
+
 
 LAYOUTS = {
     # name: (num_rows, num_cols, room_size, default distractors)
@@ -111,6 +139,9 @@ class ChainLevel(LevelGen):
         subtasks = [self.rand_instr(self.action_kinds, ["action"]) for _ in range(self.num_subtasks)]
         self.instrs = chain(subtasks)
         if self.randomize_seed is not None:
+            # Validate first, as `_gen_grid` does after this returns: a draw the seen split rejects must be
+            # rejected here too (same RNG use), not re-placed; then only the accepted draw is re-placed.
+            self.validate_instrs(self.instrs)
             self._randomize_initial_state()
 
     def _randomize_initial_state(self) -> None:
@@ -118,20 +149,20 @@ class ChainLevel(LevelGen):
         main_rng = self.np_random
         self.np_random = np.random.default_rng(self.randomize_seed)
         try:
-            for _ in range(100):
-                for room in (r for row in self.room_grid for r in row):
-                    for obj in room.objs:
-                        self.grid.set(*obj.cur_pos, None)
-                    for obj in room.objs:
-                        self.place_obj(obj, room.top, room.size, max_tries=1000)
-                self.place_agent()
+            for _ in range(PLACEMENT_TRIES):
                 try:
+                    for room in (r for row in self.room_grid for r in row):
+                        for obj in room.objs:
+                            self.grid.set(*obj.cur_pos, None)
+                        for obj in room.objs:
+                            self.place_obj(obj, room.top, room.size, max_tries=1000)
+                    self.place_agent()
                     self.check_objs_reachable()
                     self.validate_instrs(self.instrs)
                     return
-                except RejectSampling:
+                except (RejectSampling, RecursionError):  # place_obj gives up with a RecursionError
                     continue
-            raise RejectSampling("no valid randomized placement")
+            raise PlacementFailed(f"no valid re-placement in {PLACEMENT_TRIES} tries")
         finally:
             self.np_random = main_rng
 
@@ -171,6 +202,7 @@ class EpisodeSpec:
     split: str = "seen"
     attempt: int = 0  # which mission draw for (k, index) was accepted
     randomize_attempt: int = 0  # which re-placement draw (randomized split) was accepted
+    seen_attempt: int | None = None  # randomized: the seen twin's draw, when this one had to replace it
 
     @property
     def mission_seed(self) -> int:
@@ -178,12 +210,18 @@ class EpisodeSpec:
 
     @property
     def randomize_seed(self) -> int | None:
-        if self.split == "seen":
+        if self.split != "randomized":
             return None
         tag = 0x52414E44  # a stream the seen split never uses
         return derive_seed(
             self.pool_seed, self.num_subtasks, self.index, self.attempt, tag, self.randomize_attempt
         )
+
+    @property
+    def substituted(self) -> bool:
+        """A randomized episode whose seen twin's mission had no accepted placement: another mission of the
+        pool stands in for it."""
+        return self.seen_attempt is not None and self.seen_attempt != self.attempt
 
     @property
     def episode_id(self) -> str:
@@ -196,8 +234,8 @@ def derive_seed(*parts: int) -> int:
 
 def make_env(cfg: EnvConfig, spec: EpisodeSpec) -> ChainLevel:
     """A reset environment in the initial state `spec` names."""
-    if spec.split not in ("seen", "randomized"):
-        raise ValueError(f"split must be 'seen' or 'randomized', got {spec.split!r}")
+    if spec.split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {spec.split!r}")
     env = ChainLevel(
         spec.num_subtasks, cfg.layout, cfg.num_dists, cfg.max_steps, randomize_seed=spec.randomize_seed
     )
@@ -229,21 +267,38 @@ def accepted(cfg: EnvConfig, spec: EpisodeSpec) -> bool:
 def find_mission(cfg: EnvConfig, num_subtasks: int, index: int, pool_seed: int, split: str) -> EpisodeSpec:
     """The first accepted mission for (k, index) in the pool: deterministic, so eval can re-create it.
 
-    A randomized episode keeps its seen twin's mission and only redraws the initial placement.
+    `novel` takes the same draws at index + NOVEL_OFFSET: missions no generated dataset holds.
+
+    A randomized episode keeps its seen twin's mission and only redraws the initial placement. When none of
+    MAX_ATTEMPTS placements of that mission is accepted (some chains, e.g. "put X next to Y, then pick up X",
+    finish two sub-tasks one step apart from almost any placement), the next accepted mission draw of the same
+    (k, index) that has an accepted placement stands in for it, and the spec says so (`substituted`).
     """
-    for attempt in range(MAX_ATTEMPTS):
-        spec = EpisodeSpec(num_subtasks, index, pool_seed, "seen", attempt)
-        if accepted(cfg, spec):
-            break
-    else:
-        raise RuntimeError(f"no accepted mission for k={num_subtasks} index={index} in {MAX_ATTEMPTS} tries")
-    if split == "seen":
-        return spec
-    for redraw in range(MAX_ATTEMPTS):
-        randomized = replace(spec, split=split, randomize_attempt=redraw)
-        if accepted(cfg, randomized):
-            return randomized
-    raise RuntimeError(f"no accepted randomized placement for k={num_subtasks} index={index}")
+    where = f"k={num_subtasks} index={index} pool seed={pool_seed}"
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if split == "novel":
+        index += NOVEL_OFFSET
+    base = "novel" if split == "novel" else "seen"
+    draws = (
+        EpisodeSpec(num_subtasks, index, pool_seed, base, attempt)
+        for attempt in range(MAX_ATTEMPTS)
+        if accepted(cfg, EpisodeSpec(num_subtasks, index, pool_seed, base, attempt))
+    )  # lazy: seen and novel need only the first
+    first = next(draws, None)
+    if first is None:
+        raise MissionNotFound(f"no accepted mission for {where} in {MAX_ATTEMPTS} draws; {_ADVICE}")
+    if split != "randomized":
+        return first
+    for draw in itertools.chain([first], draws):
+        for redraw in range(MAX_ATTEMPTS):
+            spec = replace(draw, split=split, randomize_attempt=redraw, seen_attempt=first.attempt)
+            if accepted(cfg, spec):
+                return spec
+    raise MissionNotFound(f"no accepted randomized placement for {where}, nor for a later draw; {_ADVICE}")
+
+
+_ADVICE = "use another pool (generate.seed) or layout (env.layout / env.num_dists), or evaluate on split=seen"
 
 
 # --- observations -------------------------------------------------------------------------------------
@@ -297,6 +352,7 @@ class RolloutResult:
     subtasks_done: int
     ret: float
     steps: int
+    mission: str = ""
 
 
 def rollout(
@@ -332,4 +388,4 @@ def rollout(
             done_before = done
             if since >= stall_steps:
                 break
-    return RolloutResult(spec, env.mission_done, env.progress(), ret, t)
+    return RolloutResult(spec, env.mission_done, env.progress(), ret, t, env.mission)

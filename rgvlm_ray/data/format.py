@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import io
+import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
-from rgvlm_ray.data.actions import is_continuous_type
+from rgvlm_ray.data.actions import ActionSpace, action_space, is_continuous_type
 from rgvlm_ray.errors import UsageError
 
 SCHEMA_VERSION = "1"
@@ -155,6 +157,9 @@ class ValidationIssue:
     episode: str | None
     column: str | None
     message: str
+    # The shard cannot be read as episodes at all (a missing column, a wrong type, text that is not UTF-8):
+    # nothing of it may be summarised or converted to Python.
+    fatal: bool = False
 
     def __str__(self) -> str:
         where = [self.shard]
@@ -286,23 +291,51 @@ def _decodes(png: bytes) -> str | None:
     return None
 
 
-def validate_table(table: pa.Table, shard: str, decode: bool = False) -> list[ValidationIssue]:
-    """Check one shard against the format. `decode=True` also decodes every PNG (slow)."""
-    issues: list[ValidationIssue] = []
+def validate_table(
+    table: pa.Table, shard: str, decode: bool = False, space: ActionSpace | None = None, partial: bool = False
+) -> list[ValidationIssue]:
+    """Check one shard against the format. `decode=True` also decodes every PNG (slow). `space`: the action space
+    ids are checked against (default: the one the shard declares). `partial=True` checks a selection of columns
+    (what a reader asked for): a core column that is absent is then not a problem here.
+
+    Every value a reader turns into Python is checked before it is: text that is not valid UTF-8 (pyarrow writes
+    it) is reported, never decoded."""
     missing = [c for c in CORE_COLUMNS if c not in table.column_names]
-    if missing:
-        return [ValidationIssue(shard, None, c, "missing column") for c in missing]
+    if missing and not partial:
+        return [ValidationIssue(shard, None, c, "missing column", fatal=True) for c in missing]
+    issues: list[ValidationIssue] = []
     for f in EPISODE_SCHEMA:
         if f.name in table.column_names:
             actual = table.schema.field(f.name).type
             if f.name == "actions" and is_continuous_type(actual):
                 f = pa.field("actions", CONTINUOUS_ACTIONS)
             if not _compatible(actual, f.type):
-                issues.append(ValidationIssue(shard, None, f.name, f"type {actual}, expected {f.type}"))
+                issues.append(
+                    ValidationIssue(shard, None, f.name, f"type {actual}, expected {f.type}", fatal=True)
+                )
     if issues:
         return issues
-    for row in table.to_pylist():
-        issues.extend(_validate_episode(row, shard, decode))
+    issues = invalid_text(table, shard)
+    if issues:
+        return issues
+    if space is None:
+        try:
+            space = action_space(table.schema)
+        except ValueError as exc:
+            return [ValidationIssue(shard, None, "actions", str(exc), fatal=True)]
+    sizes = _binary_sizes(table)
+    light = [c for c in table.column_names if c not in BINARY_COLUMNS]
+    for i, row in enumerate(table.select(light).to_pylist()):
+        issues.extend(
+            _validate_episode(
+                row,
+                shard,
+                decode and {c: table[c][i] for c in PNG_COLUMNS if c in table.column_names},
+                space,
+                sizes,
+                i,
+            )
+        )
     return issues
 
 
@@ -324,7 +357,77 @@ def _compatible(actual: pa.DataType, expected: pa.DataType) -> bool:
     return any(is_expected(expected) and accepts(actual) for is_expected, accepts in families)
 
 
-def _validate_episode(row: dict, shard: str, decode: bool) -> list[ValidationIssue]:
+# Per-frame binary columns: their lengths are checked from Arrow, their bytes never copied into Python.
+BINARY_COLUMNS = ("frames", "frames_full", "symbolic")
+PNG_COLUMNS = ("frames", "frames_full")
+SYMBOLIC_BYTES = SYMBOLIC_SHAPE[0] * SYMBOLIC_SHAPE[1] * SYMBOLIC_SHAPE[2]
+
+
+def _binary_sizes(table: pa.Table) -> dict[str, tuple[list, list]]:
+    """Per binary column: (list length per episode, per episode the (shortest, longest) item or None)."""
+    out = {}
+    for c in BINARY_COLUMNS:
+        if c not in table.column_names:
+            continue
+        col = table[c].combine_chunks()
+        extent = []
+        if c == "symbolic":
+            for i in range(len(col)):
+                items = col[i].values
+                if items is None or len(items) == 0:
+                    extent.append(None)
+                    continue
+                n = pc.binary_length(items)
+                extent.append((pc.min(n).as_py(), pc.max(n).as_py()))
+        out[c] = (pc.list_value_length(col).to_pylist(), extent)
+    return out
+
+
+def invalid_text(table: pa.Table, shard: str) -> list[ValidationIssue]:
+    """Text columns (string, list<string>) whose bytes are not valid UTF-8, naming the first episode of each."""
+    issues = []
+    for name in table.column_names:
+        col = table[name]
+        if not _holds_text(col.type):
+            continue
+        try:
+            col.validate(full=True)
+            continue
+        except pa.ArrowInvalid:
+            pass
+        issues.append(
+            ValidationIssue(
+                shard, _first_bad_text(table, name), name, "text that is not valid UTF-8", fatal=True
+            )
+        )
+    return issues
+
+
+def _holds_text(t: pa.DataType) -> bool:
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _holds_text(t.value_type)
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+def _first_bad_text(table: pa.Table, name: str) -> str | None:
+    """The id of the first episode whose `name` is not valid UTF-8 (its row number if its id is bad too)."""
+    col = table[name].combine_chunks()
+    for i in range(len(col)):
+        try:
+            col.slice(i, 1).validate(full=True)
+        except pa.ArrowInvalid:
+            try:
+                return (
+                    str(table["episode_id"][i].as_py()) if "episode_id" in table.column_names else f"row {i}"
+                )
+            except UnicodeDecodeError:
+                return f"row {i}"
+    return None
+
+
+def _validate_episode(
+    row: dict, shard: str, pngs: dict | bool, space: ActionSpace, sizes: dict, index: int
+) -> list[ValidationIssue]:
     ep = row.get("episode_id")
     out: list[ValidationIssue] = []
 
@@ -333,36 +436,97 @@ def _validate_episode(row: dict, shard: str, decode: bool) -> list[ValidationIss
 
     if not ep:
         bad("episode_id", "empty episode id")
+    if "goal" in row and row["goal"] is None:
+        bad("goal", "null")
+    if "actions" not in row:  # a reader's selection without actions: the per-step lengths cannot be checked
+        return out
     actions = row["actions"]
     if not actions:
         bad("actions", "empty episode: no actions")
         return out
     t = len(actions)
+    lengths = {c: v[0][index] for c, v in sizes.items()}
     for column, extra in {**STEP_COLUMNS, **FRAME_COLUMNS}.items():
-        value = row.get(column)
-        if value is None:
-            if column not in NULLABLE_COLUMNS:
+        value = row.get(column, lengths.get(column, row.get(column)))
+        n = len(value) if isinstance(value, list) else value
+        if n is None:
+            if column not in NULLABLE_COLUMNS and (column in row or column in lengths):
                 bad(column, "null")
             continue
-        if len(value) != t + extra:
-            bad(column, f"length {len(value)}, expected {t + extra} ({t} actions{' + 1' if extra else ''})")
+        if n != t + extra:
+            bad(column, f"length {n}, expected {t + extra} ({t} actions{' + 1' if extra else ''})")
+    _check_values(row, space, sizes, index, bad)
     if row.get("split") is not None and row["split"] not in SPLITS:
         bad("split", f"{row['split']!r} is not one of {SPLITS}")
-    if isinstance(actions[0], list) and len({len(a) for a in actions}) > 1:
-        bad("actions", f"continuous actions of different sizes {sorted({len(a) for a in actions})}")
     if row.get("subtasks") is not None and row.get("num_subtasks") != len(row["subtasks"]):
-        bad("num_subtasks", f"{row['num_subtasks']} but {len(row['subtasks'])} subtasks listed")
+        bad("num_subtasks", f"{row.get('num_subtasks')} but {len(row['subtasks'])} subtasks listed")
     progress = row.get("progress")
-    if progress is not None and any(b < a for a, b in zip(progress, progress[1:], strict=False)):
+    if progress is not None and any(
+        a is not None and b is not None and b < a for a, b in zip(progress, progress[1:], strict=False)
+    ):
         bad("progress", "decreases")
-    if decode:
-        for column in ("frames", "frames_full"):
-            for i, png in enumerate(row.get(column) or []):
+    if pngs:
+        for column, value in pngs.items():
+            for i, png in enumerate(value.as_py() or []):
                 err = _decodes(png)
                 if err:
                     bad(column, f"frame {i} is not a decodable PNG ({err})")
                     break
     return out
+
+
+def _check_values(row: dict, space: ActionSpace, sizes: dict, index: int, bad: Callable) -> None:
+    """Values a learner would index or sum with: action ids in the declared range, finite rewards, whole
+    symbolic grids, headings 0..3."""
+    actions = row["actions"]
+    if isinstance(actions[0], list):
+        if len({len(a) for a in actions if a is not None}) > 1:
+            bad(
+                "actions",
+                f"continuous actions of different sizes {sorted({len(a) for a in actions if a is not None})}",
+            )
+        if any(a is None or any(x is None or not math.isfinite(x) for x in a) for a in actions):
+            bad("actions", "a null, NaN or infinite value")
+    else:
+        if any(a is None for a in actions):
+            bad("actions", "a null action")
+        ids = [a for a in actions if a is not None]
+        if ids and min(ids) < 0:
+            bad("actions", f"action id {min(ids)} is negative")
+        elif ids and space.n is not None and max(ids) >= space.n:
+            bad(
+                "actions",
+                f"action id {max(ids)} is out of range: the action space has {space.n} (0..{space.n - 1})",
+            )
+    for column in ("rewards", "expert_actions"):
+        values = row.get(column) or []
+        if any(v is None or (column == "rewards" and not math.isfinite(v)) for v in values):
+            bad(column, "a null, NaN or infinite value" if column == "rewards" else "a null action")
+    extent = sizes.get("symbolic", (None, []))[1]
+    if extent and extent[index] is not None and extent[index] != (SYMBOLIC_BYTES, SYMBOLIC_BYTES):
+        bad(
+            "symbolic",
+            f"grids of {extent[index][0]}..{extent[index][1]} bytes, expected {SYMBOLIC_BYTES} (7x7x3)",
+        )
+    directions = [d for d in row.get("directions") or [] if d is not None]
+    if directions and not all(0 <= d <= 3 for d in directions):
+        bad("directions", "a heading outside 0..3")
+
+
+def one_line(issues: list[ValidationIssue]) -> str:
+    """The first problem, and how many more: what a reader prints before it exits 2."""
+    more = f" (and {len(issues) - 1} more problem(s): `rgvlm inspect` lists them)" if len(issues) > 1 else ""
+    return f"{issues[0]}{more}"
+
+
+def check_table(table: pa.Table, shard: str, space: ActionSpace | None = None, partial: bool = True) -> None:
+    """Refuse a shard (FormatError, one line naming it and its first problem) that a reader cannot use."""
+    issues = validate_table(table, shard, space=space, partial=partial)
+    if not any(i.fatal for i in issues) and "episode_id" in table.column_names:
+        # Readers join labels and cut history windows by id: an id twice in one shard would mix two episodes.
+        issues += duplicate_ids({shard: table.column("episode_id").to_pylist()})
+    if issues:
+        raise FormatError(one_line(issues))
 
 
 def duplicate_ids(ids_by_shard: dict[str, Iterable[str]]) -> list[ValidationIssue]:
@@ -398,9 +562,11 @@ def validate(
         except FormatError as exc:
             issues.append(ValidationIssue(name, None, None, str(exc).split(": ", 1)[-1]))
             continue
-        issues.extend(validate_table(table, name, decode))
-        if "episode_id" in table.column_names:
-            ids[name] = table.column("episode_id").to_pylist()
+        found = validate_table(table, name, decode)
+        issues.extend(found)
+        if any(i.fatal for i in found):  # its columns cannot be read as episodes: nothing to summarise
+            continue
+        ids[name] = table.column("episode_id").to_pylist()
         if on_table is not None:
             on_table(shard, name, table)
     return issues + duplicate_ids(ids)

@@ -19,6 +19,7 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.env import (
     ACTION_TEXTS,
     MAX_SUBTASKS,
+    NOVEL_OFFSET,
     RANDOM_ACTIONS,
     ChainLevel,
     EpisodeSpec,
@@ -317,6 +318,11 @@ def run(cfg: Config) -> dict:
         raise UsageError(f"--split must be one of {fmt.SPLITS}, got {g.split!r}")
     if g.episodes < 1 or g.episodes_per_shard < 1:
         raise UsageError("--episodes and --episodes-per-shard must be positive")
+    if g.episodes >= NOVEL_OFFSET:
+        raise UsageError(
+            f"--episodes must stay below {NOVEL_OFFSET:,}: pool indices from there on are the `novel` evaluation "
+            "split's missions, which no generated dataset may hold; generate in several pools (generate.seed)"
+        )
     check_behaviour(g)
     plan = episode_plan(g)
     fmt.refuse_existing(g.out, g.overwrite, cfg.storage)

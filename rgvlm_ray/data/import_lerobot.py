@@ -122,12 +122,19 @@ def video_path(info: dict, ep: dict, camera: str) -> str:
     )
 
 
-def decode_frames(path: str, times: list[float], fps: float, cfg: StorageConfig | None) -> list[np.ndarray]:
+class Frames(list):
+    """Decoded RGB frames; `gap` is the time (seconds) of the first wanted frame the video lacks while it has a
+    later one (a frame missing in the middle), None when it only ends early or has them all."""
+
+    gap: float | None = None
+
+
+def decode_frames(path: str, times: list[float], fps: float, cfg: StorageConfig | None) -> Frames:
     """RGB frames at `times` (seconds), each the decoded frame within half a frame of it. Fewer frames come back
-    when the video ends early; raises for a missing or undecodable file."""
+    when the video ends early or lacks one (`Frames.gap`); raises for a missing or undecodable file."""
     import av
 
-    tol, out = 0.5 / fps, []
+    tol, out = 0.5 / fps, Frames()
     fs, p = storage.get_fs(path, cfg)
     with fs.open(p, "rb") as f, av.open(f) as container:
         stream = container.streams.video[0]
@@ -136,7 +143,10 @@ def decode_frames(path: str, times: list[float], fps: float, cfg: StorageConfig 
         target = next(wanted, None)
         for frame in container.decode(stream):
             t = float(frame.pts * stream.time_base)
-            if target is None or t > target + tol:  # done, or a frame is missing: the caller counts them
+            if target is None:
+                break
+            if t > target + tol:  # the frame at `target` is missing, and the video goes on past it
+                out.gap = target
                 break
             if t >= target - tol:
                 out.append(frame.to_ndarray(format="rgb24"))
@@ -321,6 +331,13 @@ def import_file(
             continue
         except Exception as exc:  # PyAV raises several types for corrupt files
             skipped.append(Skipped(name, f"video undecodable: {video_path(info, ep, camera)}: {exc}"))
+            continue
+        if len(frames) < len(kept) and frames.gap is not None:
+            reason = (
+                f"video has a gap: no frame at {frames.gap - start:.3f} s (data frame {kept[len(frames)]}) "
+                f"while later frames exist; {len(frames)} of {len(kept)} frames before it"
+            )
+            skipped.append(Skipped(name, reason))
             continue
         if len(frames) < len(kept):
             reason = f"video shorter than the data: {len(frames)} of {len(kept)} frames decodable"

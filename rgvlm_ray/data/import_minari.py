@@ -208,7 +208,7 @@ def import_chunk(
     ds = load(path)
     kind = observation_kind(ds.observation_space)
     space = action_space(ds.action_space, kind)
-    rows, skipped = [], []
+    rows, skipped, warnings = [], [], []
     for i in indices:
         ep = read_episode(ds, i)
         if not isinstance(ep, Skipped):
@@ -217,7 +217,21 @@ def import_chunk(
             except Exception as exc:  # data that reads but is damaged (wrong shapes, bad bytes)
                 ep = Skipped(f"episode {i}", f"episode unreadable: {one_line(exc)}")
         (skipped if isinstance(ep, Skipped) else rows).append(ep)
-    return write_episodes(rows, skipped, cfg.out, index, space, source, scfg)
+        lost = "" if isinstance(ep, Skipped) else metadata_lost(ds, i)
+        if lost:
+            warnings.append(Skipped(f"episode {i}", lost))
+    result = write_episodes(rows, skipped, cfg.out, index, space, source, scfg)
+    result.warnings = warnings
+    return result
+
+
+def metadata_lost(ds: Any, index: int) -> str:
+    """Why the episode's own metadata (its seed, options) will be missing from `rgvlm export minari`, or ""."""
+    try:
+        next(iter(ds.storage.get_episode_metadata([index])))
+    except Exception as exc:  # a damaged metadata.json (arrow) or group attributes (hdf5)
+        return f"its own metadata cannot be read ({one_line(exc)}): its seed and options are lost on export"
+    return ""
 
 
 def run(cfg: Config) -> dict:

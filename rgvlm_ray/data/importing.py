@@ -42,6 +42,8 @@ class ShardResult:
     written: int
     skipped: list[Skipped] = field(default_factory=list)
     bytes: int = 0
+    # Episodes written, but with something of the source lost (e.g. Minari metadata that cannot be read): why.
+    warnings: list[Skipped] = field(default_factory=list)
 
     @property
     def source_episodes(self) -> int:
@@ -161,6 +163,7 @@ def finish(
         "skipped": len(skipped),
         "skipped_reasons": dict(Counter(s.reason.split(":")[0] for s in skipped)),
         "skipped_episodes": [asdict(s) for s in skipped],
+        "warnings": [asdict(w) for r in results for w in r.warnings],
         "bytes": sum(r.bytes for r in results),
         "seconds": round(time.perf_counter() - start, 2),
         "balance": f"{source_episodes} source episodes = {written} written + {len(skipped)} skipped",
@@ -172,4 +175,6 @@ def finish(
         raise RuntimeError(f"import lost episodes: {summary['balance']} does not hold")
     for s in skipped:
         log.warning("skipped %s: %s", s.episode, s.reason)
+    for w in (w for r in results for w in r.warnings):
+        log.warning("imported %s, but %s", w.episode, w.reason)
     return summary

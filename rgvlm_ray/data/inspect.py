@@ -38,9 +38,10 @@ class Behaviour:
                 table.column(c).to_pylist() for c in ("num_subtasks", "progress", "terminated", "rewards")
             ]
             for k, progress, term, rewards in zip(*cols, strict=True):
-                if k:
-                    success = bool(term) and bool(rewards) and rewards[-1] > 0
-                    self.by_k.setdefault(k, []).append((success, (progress[-1] if progress else 0) / k))
+                if k:  # null values are validation errors, reported beside this summary
+                    success = bool(term) and bool(rewards) and (rewards[-1] or 0) > 0
+                    done = (progress[-1] or 0) if progress else 0
+                    self.by_k.setdefault(k, []).append((success, done / k))
         if "expert_actions" in names:
             for a, e in zip(
                 table.column("actions").to_pylist(), table.column("expert_actions").to_pylist(), strict=True

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 from PIL import Image
@@ -26,6 +27,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config, EnvConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace, action_space
+from rgvlm_ray.data.env import NUM_ACTIONS
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source
@@ -64,7 +66,10 @@ def inspect_dataset(source: Source) -> DatasetInfo:
     fs, first = storage.get_fs(shards[0], cfg)
     with fs.open(first, "rb") as f:
         schema = pq.read_schema(f)
-    space = action_space(schema)
+    try:
+        space = action_space(schema)
+    except ValueError as exc:
+        raise fmt.FormatError(f"{shards[0]}: {exc}") from None
     meta = (schema.metadata or {}).get(GENERATOR_KEY)
     if meta is not None:
         data = json.loads(meta)
@@ -90,6 +95,10 @@ def inspect_dataset(source: Source) -> DatasetInfo:
 
 def check_dataset(info: DatasetInfo, reward: str, obs_mode: str) -> None:
     in_path = info.data.raw
+    if info.actions.kind == "discrete" and (info.actions.n or 0) > NUM_ACTIONS:
+        raise UsageError(
+            f"{in_path} declares {info.actions.n} discrete actions; `rgvlm train` learns BabyAI's {NUM_ACTIONS}"
+        )
     if info.actions.kind != "discrete":
         raise UsageError(
             f"{in_path} has continuous actions; `rgvlm train` learns discrete actions only (language-conditioned "
@@ -143,12 +152,16 @@ class RewardStats:
 
 def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
     reward, weights, rule = cfg.train.reward, dict(cfg.iql.reward_weights), cfg.iql.null_reward
-    columns = ["goal", *reward_columns(reward)]
+    # `actions` (and symbolic grids, small) are read too, so that the read's validation refuses a bad shard here,
+    # in one line, rather than the Ray Data or Train workers failing on it later.
+    light = ["actions", "symbolic"] if cfg.iql.obs_mode == "symbolic" else ["actions"]
+    columns = ["goal", *light, *reward_columns(reward)]
     goals: list[str] = []
     rets: list[float] = []
     steps = nulls = longest = 0
     for shard in info.shards:
         table = info.data.read(shard, columns)
+        check_action_ids(table, shard)
         cols = {c: table.column(c).to_pylist() for c in reward_columns(reward)}
         goals.extend(table.column("goal").to_pylist())
         for i in range(table.num_rows):
@@ -160,6 +173,17 @@ def reward_stats(info: DatasetInfo, cfg: Config) -> RewardStats:
     if not goals:
         raise UsageError(f"--in {cfg.train.in_path}: the dataset has no episodes")
     return RewardStats(goals, len(goals), steps, nulls, min(rets), max(rets), longest, rets)
+
+
+def check_action_ids(table: pa.Table, shard: str) -> None:
+    """The policy has NUM_ACTIONS outputs: an id beyond them (in data that declares no action space, so the read
+    could not check it) would fail deep inside a Train worker."""
+    top = pc.max(pc.list_flatten(table.column("actions"))).as_py()
+    if top is not None and top >= NUM_ACTIONS:
+        raise fmt.FormatError(
+            f"{shard}: column 'actions': action id {top} is out of range: `rgvlm train` learns BabyAI's "
+            f"{NUM_ACTIONS} actions (0..{NUM_ACTIONS - 1})"
+        )
 
 
 # --- pass 2: transitions ----------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Per k it reports the success rate, the proportion of sub-tasks completed (the paper's "proportion of task
 completion", ALFRED-style) and the mean environment return. `seen` re-creates the training data's missions
-from its seed pool; `randomized` keeps those missions but draws held-out initial placements.
+from its seed pool; `randomized` keeps those missions but draws held-out initial placements; `novel` draws
+missions no generated dataset holds (env.SPLIT_DEFINITIONS). Agreement without rollouts: iql/agreement.py.
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ from rgvlm_ray.config import Config, EnvConfig, StorageConfig
 from rgvlm_ray.data.env import (
     MAX_SUBTASKS,
     NUM_ACTIONS,
+    SPLIT_DEFINITIONS,
+    SPLITS,
     EpisodeSpec,
     Policy,
     derive_seed,
     find_mission,
     rollout,
 )
-from rgvlm_ray.data.format import SPLITS
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.iql.agreement import agreement_task
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
-from rgvlm_ray.iql.data import decode_observations
 from rgvlm_ray.iql.model import IQLNet
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -41,7 +43,6 @@ KS = tuple(range(1, MAX_SUBTASKS + 1))
 POLICY_STREAM = 0x504F4C49  # per-episode sampling seeds, independent of how missions are chunked
 
 POLICIES = ("greedy", "sample")
-HELDOUT_STREAM = 0x48454C44  # the agreement episodes' mission pool: never the training data's
 
 PolicyFor = Callable[[EpisodeSpec], Policy]
 
@@ -91,124 +92,6 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
     return policy_for
 
 
-def episode_windows(obs: np.ndarray, actions: np.ndarray, context: int) -> tuple[torch.Tensor, ...]:
-    """(obs, prev_action, valid) of the windows ending at each of an episode's T steps, built as training builds
-    them (update.ReplayBuffer.window): position i holds o_i and a_{i-1} + 1 (0 at the first step)."""
-    t = len(actions)
-    back = np.arange(context - 1, -1, -1)
-    rows = np.arange(t)[:, None] - back[None]  # (T, C): steps of each window
-    valid = rows >= 0
-    rows = np.clip(rows, 0, None)
-    prev = np.where(rows > 0, np.asarray(actions, dtype=np.int64)[np.clip(rows - 1, 0, None)] + 1, 0) * valid
-    return torch.from_numpy(obs[rows]), torch.from_numpy(prev), torch.from_numpy(valid)
-
-
-@torch.no_grad()
-def expert_agreement(net: IQLNet, vocab: Vocab, episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """The share of states where argmax pi equals the bot's suggested action (`expert_actions`), over the states
-    a behaviour episode visits. No rollouts: it shows directly whether the learner filters the behaviour's noise.
-    Each episode dict: goal, obs (T+1, ...) uint8, actions (T,), expert_actions (T,), k."""
-    hits, by_k = 0, {}
-    total = 0
-    for ep in episodes:
-        obs, prev, valid = episode_windows(ep["obs"], ep["actions"], net.spec.context)
-        ids, lengths = vocab.encode([ep["goal"]] * len(prev))
-        logits = net.logits(obs, prev, valid, torch.from_numpy(ids), torch.from_numpy(lengths))
-        agree = (logits.argmax(-1).numpy() == np.asarray(ep["expert_actions"])).astype(int)
-        hits, total = hits + int(agree.sum()), total + len(agree)
-        h, n = by_k.get(ep["k"], (0, 0))
-        by_k[ep["k"]] = (h + int(agree.sum()), n + len(agree))
-    return {
-        "agreement": hits / total if total else None,
-        "states": total,
-        "by_k": {int(k): round(h / n, 4) for k, (h, n) in sorted(by_k.items()) if n},
-    }
-
-
-def table_episodes(table: Any) -> list[dict[str, Any]]:
-    """Format rows with `symbolic` and `expert_actions` -> expert_agreement's episodes (k 0 when unknown)."""
-    ks = table.column("num_subtasks").to_pylist() if "num_subtasks" in table.column_names else None
-    cols = [table.column(c).to_pylist() for c in ("goal", "symbolic", "actions", "expert_actions")]
-    return [
-        {"goal": g, "obs": decode_observations(o, "symbolic"), "actions": np.asarray(a), "expert_actions": e,
-         "k": ks[i] if ks else 0}
-        for i, (g, o, a, e) in enumerate(zip(*cols, strict=True))
-        if a and e is not None
-    ]  # fmt: skip
-
-
-def heldout_episodes(run: dict[str, Any], per_k: int) -> list[dict[str, Any]]:
-    """Fresh episodes of the training data's own behaviour (noise, detours, abandoning) on missions from a pool
-    the training data never drew from: the states a learner that filters the noise must act well in."""
-    import pyarrow as pa
-
-    from rgvlm_ray.config import GenerateConfig
-    from rgvlm_ray.data import format as fmt
-    from rgvlm_ray.data.env import FrameRenderer, find_mission
-    from rgvlm_ray.data.generate import generate_episode
-
-    env = EnvConfig(**run["env"])
-    b = run["behaviour"]
-    gen = GenerateConfig(
-        seed=derive_seed(int(run["pool_seed"]), HELDOUT_STREAM), expert_noise=float(b["expert_noise"]),
-        noise_levels=list(b.get("noise_levels", [])), detour=float(b.get("detour", 0.0)),
-        abandon=float(b.get("abandon", 0.0)),
-    )  # fmt: skip
-    renderer = FrameRenderer(env.tile_size)
-    rows = [
-        generate_episode(env, find_mission(env, k, i, gen.seed, "seen"), gen.expert_noise, renderer, gen)
-        for k in KS
-        for i in range(per_k)
-    ]
-    return table_episodes(pa.Table.from_pylist(rows, schema=fmt.EPISODE_SCHEMA))
-
-
-def agreement_result(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    """eval.json's expert_agreement fields; not available (None, with the reason) rather than 0 when the data
-    has no expert actions to compare with."""
-    from rgvlm_ray.data import format as fmt
-
-    e = cfg.eval
-    if e.agreement_in:
-        shards = fmt.list_shards(e.agreement_in, cfg.storage)
-        tables = [fmt.read_shard(s, cfg.storage) for s in shards]
-        missing = [s for s, t in zip(shards, tables, strict=True) if "expert_actions" not in t.column_names]
-        if missing or not shards:
-            return unavailable(f"{e.agreement_in} has no expert_actions column (e.g. {missing[:1]})")
-        episodes = [ep for t in tables for ep in table_episodes(t)]
-    elif e.agreement_episodes_per_k <= 0:
-        return unavailable("eval.agreement_episodes_per_k=0")
-    elif not run.get("behaviour") or run.get("pool_seed") is None or run.get("env_source") != "metadata":
-        return unavailable(
-            "the training data was not made by `rgvlm generate`, so there is no bot to ask; pass "
-            "eval.agreement_in=DATASET with an expert_actions column"
-        )
-    else:
-        episodes = heldout_episodes(run, e.agreement_episodes_per_k)
-    net, vocab, _ = load_policy(checkpoint, cfg.storage)
-    if net.spec.obs_mode != "symbolic":
-        return unavailable("expert-action agreement is measured for iql.obs_mode=symbolic runs only")
-    result = expert_agreement(net, vocab, episodes)
-    if result["agreement"] is None:
-        return unavailable("no states with expert actions")
-    return {
-        "expert_agreement": round(result["agreement"], 4),
-        "expert_agreement_states": result["states"],
-        "expert_agreement_by_k": result["by_k"],
-        "expert_agreement_note": "held-out" if not e.agreement_in else e.agreement_in,
-    }
-
-
-def _agreement_task(checkpoint: str, run: dict[str, Any], cfg: Config) -> dict[str, Any]:
-    torch.set_num_threads(1)
-    return agreement_result(checkpoint, run, cfg)
-
-
-def unavailable(reason: str) -> dict[str, Any]:
-    log.info("expert-action agreement not available: %s", reason)
-    return {"expert_agreement": None, "expert_agreement_note": f"not available: {reason}"}
-
-
 def random_policy(seed: int) -> PolicyFor:
     """Uniform over all actions: the baseline a learned policy must beat."""
 
@@ -243,6 +126,9 @@ def run_missions(
                 "subtasks": r.subtasks_done,
                 "ret": r.ret,
                 "steps": r.steps,
+                "mission": r.mission,
+                "mission_attempt": spec.attempt,
+                "substituted": spec.substituted,
             }
         )
     return out
@@ -266,7 +152,10 @@ def _chunk_task(
     policy_for = checkpoint_policy(net, vocab, greedy, seed)
     image = net.spec.obs_mode == "image"
     env_cfg = EnvConfig(**env)
-    return run_missions(env_cfg, policy_for, k, indices, pool_seed, split, max_steps, image, stall_steps)
+    rows = run_missions(env_cfg, policy_for, k, indices, pool_seed, split, max_steps, image, stall_steps)
+    for row in rows:  # mapped to <unk> by the policy (a warning each); counted in eval.json
+        row["unknown_words"] = vocab.unknown_words(row["mission"])
+    return rows
 
 
 def summarize(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -360,6 +249,12 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
             f"--checkpoint {e.checkpoint}: no checkpoint there (run `rgvlm train --out ...` first)"
         )
     run = read_json(checkpoint, "run.json", cfg.storage)
+    if e.split != "seen" and run.get("pool_seed") is None:
+        raise UsageError(
+            f"--split {e.split}: the checkpoint's training data was not made by `rgvlm generate` (imported, or "
+            "without its generator metadata), so there is no mission pool to draw new missions or placements from; "
+            "evaluate it with --split seen, or in your own environment"
+        )
     pool_seed = run.get("pool_seed")
     if pool_seed is None:
         pool_seed = cfg.generate.seed
@@ -369,7 +264,7 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
     # A task, not the driver: the study evaluates from several driver threads, and BabyAI's mission sampling
     # swaps sys.stdout (env.ChainLevel.reset), which is process-wide: concurrent swaps left the driver's stdout
     # pointing at a discarded buffer.
-    agreement_ref = ray.remote(num_cpus=e.num_cpus_per_task)(_agreement_task).remote(checkpoint, run, cfg)
+    agreement_ref = ray.remote(num_cpus=e.num_cpus_per_task)(agreement_task).remote(checkpoint, run, cfg)
     task = ray.remote(num_cpus=e.num_cpus_per_task)(_chunk_task)
     pending = [
         task.remote(
@@ -399,6 +294,14 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         "seed": run.get("seed"),
         "context": run.get("context"),
         "split": e.split,
+        "split_definition": SPLIT_DEFINITIONS[e.split],
+        # randomized: missions whose seen twin had no accepted placement, replaced by the pool's next draw
+        "substitutions": [
+            {"k": ep["k"], "index": ep["index"], "mission_attempt": ep["mission_attempt"]}
+            for ep in episodes
+            if ep["substituted"]
+        ],
+        "unknown_word_missions": sum(bool(ep["unknown_words"]) for ep in episodes),
         "label": label,
         "episodes_per_k": e.episodes_per_k,
         "policy": e.policy,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import ray
@@ -168,6 +170,29 @@ def run_location(out: str, cfg: Config) -> tuple[str, Any, str]:
     return os.path.dirname(path), None, os.path.basename(path)
 
 
+METRICS_ENV = "RAY_TRAIN_METRICS_ENABLED"
+
+
+@contextlib.contextmanager
+def metrics_for(name: str) -> Iterator[None]:
+    """Ray Train tags its Prometheus metrics with the run's name, and Ray 2.60 encodes metric tags as ASCII: a
+    run folder such as `rün B` failed in the controller ("'ascii' codec can't encode"). Such a run trains
+    without Ray Train's metrics (RAY_TRAIN_METRICS_ENABLED, read when the trainer is built); ours are unchanged."""
+    if name.isascii():
+        yield
+        return
+    log.info("run name %r is not ASCII: Ray Train's own metrics are off for this run", name)
+    before = os.environ.get(METRICS_ENV)
+    os.environ[METRICS_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(METRICS_ENV, None)
+        else:
+            os.environ[METRICS_ENV] = before
+
+
 def resources(cfg: Config) -> tuple[bool, float]:
     """(use_gpu, CPUs per worker). Auto CPUs leave one CPU free for Ray Data's read and map tasks, or the
     workers can hold every CPU while they wait for data that no task can run to produce (2-core trap)."""
@@ -224,9 +249,6 @@ def check_context(context: int, longest: int, in_path: str) -> None:
 
 def train(cfg: Config) -> dict:
     """Train (or resume) one run; returns {out, checkpoint, metrics} or {out, checkpoint, already_at_step}."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from rgvlm_ray.ray_utils import init_ray
 
     validate(cfg)
@@ -297,6 +319,18 @@ def train(cfg: Config) -> dict:
         "filter_min_return": threshold,
         "filter_episodes_kept": kept,
     }
+    with metrics_for(name):
+        result = fit(cfg, name, storage_path, fs, transitions, vocab, run_meta, use_gpu, cpus)
+    latest = ckpt.latest_checkpoint(t.out_path, cfg.storage)
+    return {"out": t.out_path, "checkpoint": latest, "metrics": result.metrics}
+
+
+def fit(cfg: Config, name: str, storage_path: str, fs: Any, transitions: Any, vocab: Vocab, run_meta: dict,
+        use_gpu: bool, cpus: float) -> Any:  # fmt: skip
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
     trainer = TorchTrainer(
         train_loop,
         train_loop_config={"cfg": cfg, "vocab": vocab.to_json(), "run": run_meta, "cpus_per_worker": cpus},
@@ -312,6 +346,4 @@ def train(cfg: Config) -> dict:
         datasets={"train": transitions},
     )
     log.info("training: %d worker(s), %.2g CPU each, GPU %s -> %s", t.workers, cpus, use_gpu, t.out_path)
-    result = trainer.fit()
-    latest = ckpt.latest_checkpoint(t.out_path, cfg.storage)
-    return {"out": t.out_path, "checkpoint": latest, "metrics": result.metrics}
+    return trainer.fit()

@@ -31,7 +31,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
-from rgvlm_ray.labeling import chaos, exits
+from rgvlm_ray.labeling import chaos, exits, orphans
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import COUNTED, LabelActor, stripped
@@ -324,18 +324,22 @@ def check_inputs(cfg: Config) -> None:
     """Refuse up front what would fail on every episode: the oracles need generator-only `progress`."""
     if cfg.engine.kind not in ("oracle", "noisy_oracle"):
         return
+    names: list[str] | None = None  # None: no shard readable (each is quarantined by the run)
     for shard in input_shards(cfg.label.in_path, cfg.storage):
         try:
-            schema = fmt.read_schema(shard, cfg.storage)
+            names = fmt.read_schema(shard, cfg.storage).names
         except fmt.FormatError:  # an unreadable shard is quarantined by the run, not refused here
             continue
-        fmt.require_columns(
-            schema,
-            ["progress"],
-            f"--engine {cfg.engine.kind}",
-            "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
-        )
+        if "progress" in names:  # one shard without it is that shard's problem, not the dataset's
+            return
+    if names is None:
         return
+    fmt.require_columns(
+        names,
+        ["progress"],
+        f"--engine {cfg.engine.kind}",
+        "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
+    )
 
 
 def run(cfg: Config) -> dict:
@@ -395,6 +399,10 @@ def run(cfg: Config) -> dict:
     try:
         records = mf.load_records(state.out, cfg.storage)
         summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
+        # Records, label shards and leases of raw shards deleted since they were labeled: said at every run,
+        # not only by --status (relabel from cron would otherwise never mention them).
+        left = orphans.find(state.inputs, state.out, cfg.storage)
+        summary["left_behind"] = {kind: len(paths) for kind, paths in left.items() if paths}
         mf.write_manifest(state.out, records, cfg.storage, summary["status"])
         with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
             f.write(json.dumps(summary, indent=2).encode())
@@ -427,6 +435,12 @@ def exit_code(summary: dict, allow_quarantine: bool) -> int:
         print(
             f"{ep['bad_input']} episode(s) have input that cannot be labeled (see *_episode_error); they are "
             "not retried until the input or the labeler changes (or label.retry_errors=true)"
+        )
+    if summary.get("left_behind"):
+        kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["left_behind"].items())
+        print(
+            f"left behind by raw shards that no longer exist (or by runs that broke): {kinds}; "
+            f"`rgvlm label --in {summary['in']} --out {summary['out']} --prune` removes them"
         )
     if not ep["balanced"]:
         return EXIT_FAILED

@@ -172,8 +172,16 @@ def check_shard(path: str, cfg: StorageConfig) -> dict:
         if storage.fault(exc, path, cfg) is not None:  # the storage failed, not the shard: never quarantine
             raise
         return {"ok": False, "rows": None, "error": str(exc)}
-    issues = fmt.validate_table(table, storage.basename(path))
-    ids = table.column("episode_id").to_pylist() if "episode_id" in table.column_names else []
+    try:
+        issues = fmt.validate_table(table, storage.basename(path))
+    except Exception as exc:  # a check that fails must quarantine, never stop the run (ids and leases stay)
+        return {
+            "ok": False,
+            "rows": table.num_rows,
+            "error": f"cannot be checked: {type(exc).__name__}: {exc}",
+        }
+    readable = not any(i.fatal for i in issues)  # ids that are not UTF-8 must not reach Python
+    ids = table.column("episode_id").to_pylist() if readable else []
     issues += fmt.duplicate_ids({storage.basename(path): ids})
     if issues:
         shown = "; ".join(str(i) for i in issues[:5]) + (

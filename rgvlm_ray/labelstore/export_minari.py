@@ -13,6 +13,7 @@ requires, each keeping its source id in its metadata (`source_episode`).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,8 @@ import numpy as np
 from rgvlm_ray.config import Config
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelstore.rewards_out import open_source, rewards
+
+log = logging.getLogger(__name__)
 
 # Dataset metadata the export writes itself: counts and layout, the spaces, and what says where it came from.
 OWN_KEYS = {
@@ -71,12 +74,13 @@ def episode_metadata(source: dict[str, Any], source_id: int, reward: np.ndarray)
     return {**kept, "source_episode": source_id, **EpisodeMetadataCallback()({"rewards": reward})}
 
 
-def source_episode_metadata(src: Any, index: int) -> dict[str, Any]:
-    """One source episode's metadata; {} when it cannot be read (its data was, at import: keep what there is)."""
+def source_episode_metadata(src: Any, index: int) -> dict[str, Any] | None:
+    """One source episode's metadata; None when it cannot be read (its data was, at import: keep what there is,
+    and say what is lost)."""
     try:
         return dict(next(iter(src.storage.get_episode_metadata([index]))))
     except Exception:
-        return {}
+        return None
 
 
 def run(cfg: Config) -> dict:
@@ -103,6 +107,10 @@ def run(cfg: Config) -> dict:
     by_episode = {r.source_episode: r.reward for r in rewards(source, cfg)}
     ids = sorted(by_episode)
     ep_meta = {i: source_episode_metadata(src, i) for i in ids}
+    lost = [i for i in ids if ep_meta[i] is None]
+    if lost:  # the episodes are exported; what their metadata held is not, and the user is told which
+        log.warning("episodes %s: their metadata cannot be read: exported without seed and options", lost)
+    ep_meta = {i: m or {} for i, m in ep_meta.items()}
     buffers = []
     for new_id, source_id in enumerate(ids):
         ep = read_episode(src, source_id)
@@ -132,6 +140,7 @@ def run(cfg: Config) -> dict:
         "episodes": len(buffers),
         "source_episodes": src.total_episodes,
         "left_out": src.total_episodes - len(buffers),
+        "metadata_lost": lost,  # source episodes whose own metadata (seed, options) could not be read
         "env_spec": raw_meta.get("env_spec") is not None,
     }
 

@@ -44,6 +44,13 @@ class Source:
             raise UsageError(f"--in {self.raw}: no dataset there") from None
         if not shards:
             raise UsageError(f"--in {self.raw}: no .parquet shards found")
+        for labels in self.labels:  # else each shard would be "missing" from a set that is not there at all
+            fs, p = storage.get_fs(labels, self.cfg)
+            if not fs.exists(p):
+                raise UsageError(
+                    f"--labels {labels}: no label set there (no such folder or prefix); pass the --out of an "
+                    f"`rgvlm label` run, or label into it: `rgvlm label --in {self.raw} --out {labels}`"
+                )
         if layout.is_label_shard(shards[0], self.cfg):
             raise UsageError(
                 f"--in {self.raw} is a label set (labels only): pass the raw dataset as --in and this as --labels"
@@ -68,6 +75,12 @@ class Source:
     def read(self, shard: str, columns: list[str] | None = None) -> pa.Table:
         """One raw shard joined with its label shards, rows in raw order; `columns` selects (None: all)."""
         raw = fmt.read_shard(shard, self.cfg, columns=self._raw_columns(shard, columns))
+        # The one check every reader goes through (docs/format.md#validation): a shard a reader cannot use is
+        # refused here, in one line naming it, before any of its values reach Python.
+        absent = [c for c in columns or [] if c in fmt.CORE_COLUMNS and c not in raw.column_names]
+        if absent:
+            raise fmt.FormatError(f"{shard}: column {absent[0]!r}: missing column")
+        fmt.check_table(raw, shard, partial=columns is not None)
         if not self.labels:
             return raw
         name, identity = self.name(shard), storage.content_identity(shard, self.cfg)

@@ -7,10 +7,10 @@ import os
 import platform
 import time
 
-from rgvlm_ray import label_quality as label_report
+from rgvlm_ray.experiments.workspace import NOISE_WARNING, REAL_LVLM, Workspace
 from rgvlm_ray.iql.compare import comparison_table, unique_labels
 from rgvlm_ray.iql.evaluate import plot_png
-from rgvlm_ray.workspace import NOISE_WARNING, REAL_LVLM, Workspace
+from rgvlm_ray.label_quality import report as label_report
 
 
 def _series(state: Workspace, evals: list[str]) -> dict[str, list[dict]]:
@@ -30,8 +30,9 @@ def _selection(state: Workspace, evals: list[str]) -> str:
     from rgvlm_ray.iql.checkpoint import read_json
 
     lines = [
-        "| arm (read back) | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) | expert agreement |",
-        "|---|---|---|---|---|---|",
+        "| arm (read back) | weight ESS | β·sd(A) | clipped | weight on rewarded steps (× mean) "
+        "| training agreement (fit) | expert agreement (held-out) |",
+        "|---|---|---|---|---|---|---|",
     ]
     fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
     for folder in evals:
@@ -41,18 +42,21 @@ def _selection(state: Workspace, evals: list[str]) -> str:
         lines.append(
             f"| {ev['reward']} | {fmt(d.get('awr_ess'))} | {fmt(d.get('beta_adv_std'))} "
             f"| {fmt(d.get('adv_clipped_frac'), '.1%')} | {fmt(d.get('reward_weight_ratio'))} "
+            f"| {fmt(ev.get('train_agreement'))}{'' if ev.get('fits_training_data') is not False else ' (did not fit)'} "
             f"| {fmt(ev.get('expert_agreement'))} |"
         )
     return "\n".join(lines)
 
 
 def _label_quality(state: Workspace, raw: str, labels: dict[str, str]) -> str:
-    blocks = []
-    for labeler, label_set in labels.items():
-        reports, table, _ = label_report.build(raw, [label_set], state.cfg.storage, labeler)
+    """One label-report over every label set, as `rgvlm label-report --labels A --labels B ...` gives it: the
+    agreement between them, and one table per figure (one report per set left agreement always n/a)."""
+    reports, table, _ = label_report.build(raw, list(labels.values()), state.cfg.storage)
+    pictures = []
+    for labeler in labels:
         label_report.histogram(table, [labeler], state.path(f"scores_{labeler}.png"))
-        blocks.append(label_report.markdown(reports) + f"\n![{labeler} scores](scores_{labeler}.png)\n")
-    return "\n".join(blocks)
+        pictures.append(f"![{labeler} scores](scores_{labeler}.png)")
+    return label_report.markdown(reports) + "\n" + "\n".join(pictures) + "\n"
 
 
 def _throughput(state: Workspace) -> str:
@@ -110,8 +114,10 @@ GPU node, or add `{REAL_LVLM}` to this command.
 
 The actor's weights over the last training steps (run.json `diagnostics`): an effective sample size near 1 and
 β·sd(A) below ~0.3 mean nearly flat weights, i.e. behaviour cloning whatever the reward; the weight on steps with a
-non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Expert agreement: the
-share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
+non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Training agreement: the
+share of the run's own training states where the policy's most likely action is the one the data took; below 0.97
+the learner did not fit its data ("did not fit"), and its success says little about its reward. Expert agreement:
+the share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
 
 {_selection(state, evals)}
 

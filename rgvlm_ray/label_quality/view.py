@@ -26,6 +26,7 @@ from rgvlm_ray.config import Config, LabelerConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import action_space
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.labelers import prompts
 from rgvlm_ray.labelers.action_text import action_texts, with_space
 from rgvlm_ray.labelers.images import data_url, downscale
 from rgvlm_ray.labelstore.join import Source
@@ -204,6 +205,28 @@ def outcome(row: dict) -> str:
     return ", ".join(parts)
 
 
+GOAL_FOLD_CHARS = 400  # a longer goal shows its start; the whole text is behind a <details>
+
+
+def goal_html(goal: str | None, max_goal_chars: int) -> str:
+    """The goal, folded when long, and how much of it the judge read (prompts.sanitize cuts it)."""
+    whole = "" if goal is None else str(goal)
+    cleaned = len(prompts.sanitize(whole, len(whole) + 1))
+    seen = ""
+    if cleaned > max_goal_chars:
+        seen = (
+            f'<br><span class="head">the judge saw only its first {max_goal_chars - 1:,} characters (of '
+            f"{cleaned:,} after cleaning up: labeler.max_goal_chars={max_goal_chars})</span>"
+        )
+    if len(whole) <= GOAL_FOLD_CHARS and whole.count("\n") < 4:
+        return text(whole) + seen
+    start = "\n".join(whole[:GOAL_FOLD_CHARS].split("\n")[:3])
+    return (
+        f"{text(start)}…{seen}<details><summary>the whole goal ({len(whole):,} characters)</summary>"
+        f"{text(whole)}</details>"
+    )
+
+
 def episode_page(row: dict, shard: str, labelers: list[str], lcfg: LabelerConfig, frame_size: int) -> str:
     t = len(row.get("actions") or [])
     try:
@@ -242,7 +265,7 @@ def episode_page(row: dict, shard: str, labelers: list[str], lcfg: LabelerConfig
         cells += bars_html(lab, row_index + 1)
         cells += analysis_html(lab, row_index + 2)
         row_index += 3
-    goal = text(row.get("goal"))
+    goal = goal_html(row.get("goal"), lcfg.max_goal_chars)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
@@ -268,7 +291,7 @@ spans the steps whose score that window gave.</p>
 
 def index_page(entries: list[dict]) -> str:
     rows = "".join(
-        f'<tr><td><a href="{text(e["page"])}">{text(e["episode_id"])}</a></td><td>{text(e["goal"])}</td>'
+        f'<tr><td><a href="{text(e["page"])}">{text(e["episode_id"])}</a></td><td>{text(short(e["goal"]))}</td>'
         f"<td>{e['actions']}</td><td>{text(e['outcome'])}</td><td>{text(', '.join(e['labelers']))}</td></tr>"
         for e in entries
     )
@@ -282,10 +305,14 @@ def index_page(entries: list[dict]) -> str:
 """
 
 
+def short(goal: str) -> str:
+    return goal if len(goal) <= GOAL_FOLD_CHARS else goal[:GOAL_FOLD_CHARS] + f"… ({len(goal):,} characters)"
+
+
 def pick(source: Source, episodes: int, wanted: list[str], seed: int) -> dict[str, list[str]]:
     """Per raw shard, the episode ids to show: `wanted`, or a seeded sample of `episodes`, in input order."""
     ids = {
-        shard: fmt.read_shard(shard, source.cfg, columns=["episode_id"]).column("episode_id").to_pylist()
+        shard: source.read(shard, ["episode_id"]).column("episode_id").to_pylist()  # validated: UTF-8 ids
         for shard in source.shards()
     }
     everything = [(shard, eid) for shard, eps in ids.items() for eid in eps]
