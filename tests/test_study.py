@@ -195,7 +195,8 @@ def test_report_rows_come_from_what_the_runs_read_back_not_from_folders():
     assert "| oracle+sparse, context 1 | n=1, no CI (seeds 0) | 0.50 |" in table
     verdict = told_apart(study, "seen")
     assert "do not overlap: `oracle+sparse` is higher" in verdict and "cannot be told apart" not in verdict
-    assert "## Split `seen`" in markdown(study)
+    assert "## Split `seen`" in markdown(study) and "tiny random model" not in markdown(study)
+    assert "The blip2 labeler is a tiny random model" in markdown({**study, "tiny_others": ["blip2"]})
 
     close = [_run("s", "sparse", s, v) for s, v in enumerate([0.1, 0.5, 0.3])]
     close += [_run("o", "oracle+sparse", s, v) for s, v in enumerate([0.2, 0.6, 0.4])]

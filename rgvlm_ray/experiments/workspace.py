@@ -47,6 +47,9 @@ class Workspace:
     stages: list[Stage] = field(default_factory=list)
     tiny_vlm: bool = False  # RG-VLM labels come from a tiny random model (noise)
     tiny_clip: bool = False
+    tiny_others: list[str] = field(
+        default_factory=list
+    )  # other labelers on tiny random models (blip2, roboclip)
 
     def path(self, *parts: str) -> str:
         return storage.join(self.out, *parts)

@@ -64,8 +64,10 @@ def models(ws: Workspace) -> None:
         ws.tiny_clip = True
         cfg.study.clip_model = tiny_model(ws, "tiny-clip", build_clip)
     if "blip2" in cfg.study.labelers and not cfg.study.blip2_model:
+        ws.tiny_others.append("blip2")
         cfg.study.blip2_model = tiny_model(ws, "tiny-blip2", build_blip2)
     if "roboclip" in cfg.study.labelers and not cfg.study.roboclip_model:
+        ws.tiny_others.append("roboclip")
         cfg.study.roboclip_model = tiny_model(ws, "tiny-xclip", build_xclip)
 
 

@@ -110,6 +110,7 @@ def run(cfg: Config) -> dict[str, Any]:
         "behaviour_data": behaviour,
         "tiny_vlm": ws.tiny_vlm,
         "tiny_clip": ws.tiny_clip,
+        "tiny_others": ws.tiny_others,
         "data": {"raw": raw, "labels": corpus.labels, "expert": corpus.expert},
         "labelers": outcome,
         "label_quality": quality,

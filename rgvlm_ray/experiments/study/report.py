@@ -99,6 +99,8 @@ def markdown(study: dict[str, Any]) -> str:
         warnings += (
             "> The CLIP labeler is a tiny random CLIP here (noise); set `study.clip_model` for a real one.\n"
         )
+    for name in study.get("tiny_others", []):
+        warnings += f"> The {name} labeler is a tiny random model here (noise); set `study.{name}_model` for a real one.\n"
     failed = study["skipped_labelers"]
     if failed:
         warnings += f"> **Labelers that failed:** {', '.join(failed)}. Their arms did not run; see below.\n"
