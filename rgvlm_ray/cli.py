@@ -1,6 +1,6 @@
 """`rgvlm <command> [flags] [key=value ...]`.
 
-Every flag is a shortcut for one key of the structured config in rgvlm_ray/config.py; any other key can be
+Every flag is a shortcut for one key of the structured config in rgvlm_ray/config/; any other key can be
 set with `key=value`. Handlers live in rgvlm_ray/commands/ as `main(cfg: Config) -> int` and are imported
 lazily so `rgvlm --help` stays fast; the domain modules they call never import this one.
 """

@@ -13,10 +13,11 @@ import pyarrow.compute as pc
 import pytest
 
 from rgvlm_ray import cli
-from rgvlm_ray import label_quality as lq
-from rgvlm_ray import label_quality_gtfree as gt
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.label_quality import gtfree as gt
+from rgvlm_ray.label_quality import gtfree_markdown as gtmd
+from rgvlm_ray.label_quality import report as lq
 from rgvlm_ray.labelers.noisy_oracle import noisy_label
 from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table
@@ -82,14 +83,14 @@ def test_figures_without_ground_truth_order_the_noise_levels_as_the_true_rho(tmp
     fmt.write_shard(oracle_family(), f"{path}/s.parquet")
     reports, _, names = lq.build(path, [], StorageConfig())
     assert names == ["oracle", *NOISE]
-    orders = gt.orders(reports)
+    orders = gtmd.orders(reports)
     truth = orders["true Spearman rho"]
     assert [n for n, _ in truth] == names  # the true rho falls as the noise rises
     for figure in ("success-step rank", "agreement with other label sets"):
-        assert gt.same_order(orders[figure], truth), (figure, orders[figure], truth)
+        assert gtmd.same_order(orders[figure], truth), (figure, orders[figure], truth)
     # The noisy oracle keeps each episode's rewards and only moves them in time, so the return cannot tell the
     # levels apart: ties, never a claimed order.
-    assert not gt.same_order(orders.get("success AUROC of return", truth[:1]), truth)
+    assert not gtmd.same_order(orders.get("success AUROC of return", truth[:1]), truth)
     text = lq.markdown(reports)
     assert "success-step rank: oracle > noisy10 > noisy30 > noisy60 (the true rho's order)" in text
     assert "### Without ground truth" in text and "| k |" in text  # both reports, side by side

@@ -10,7 +10,7 @@ import pytest
 
 from rgvlm_ray.cli import main
 from rgvlm_ray.data import format as fmt
-from rgvlm_ray.label_quality import episode_metrics
+from rgvlm_ray.label_quality.report import episode_metrics
 from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table
 

@@ -15,9 +15,12 @@ from scipy import stats
 
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import load_config
-from rgvlm_ray.study import Arm, Corpus, check_treatment, labeler_settings, plan_arms, run_config
-from rgvlm_ray.study_report import diagnostics_table, figure4_table, markdown, mean_ci, targets, told_apart
-from rgvlm_ray.workspace import Workspace
+from rgvlm_ray.experiments.study.arms import Arm, plan_arms
+from rgvlm_ray.experiments.study.corpus import Corpus, labeler_settings
+from rgvlm_ray.experiments.study.report import markdown
+from rgvlm_ray.experiments.study.runs import check_treatment, run_config
+from rgvlm_ray.experiments.study.tables import diagnostics_table, figure4_table, mean_ci, targets, told_apart
+from rgvlm_ray.experiments.workspace import Workspace
 
 # --- CI math, against scipy's own t interval and a value worked out by hand -------------------------------------
 

@@ -8,7 +8,7 @@ import os
 from rgvlm_ray import storage
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.label_quality import build, histogram, markdown
+from rgvlm_ray.label_quality.report import build, histogram, markdown
 
 
 def main(cfg: Config) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.demo import run
-from rgvlm_ray.workspace import NOISE_WARNING
+from rgvlm_ray.experiments.demo import run
+from rgvlm_ray.experiments.workspace import NOISE_WARNING
 
 
 def main(cfg: Config) -> int:

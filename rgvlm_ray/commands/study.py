@@ -5,8 +5,8 @@ from __future__ import annotations
 from rgvlm_ray import storage
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.study import run
-from rgvlm_ray.workspace import NOISE_WARNING
+from rgvlm_ray.experiments.study.pipeline import run
+from rgvlm_ray.experiments.workspace import NOISE_WARNING
 
 
 def main(cfg: Config) -> int:

@@ -1,11 +1,11 @@
-"""`rgvlm view`: write a self-contained HTML page per sampled episode (rgvlm_ray/label_view.py)."""
+"""`rgvlm view`: write a self-contained HTML page per sampled episode (rgvlm_ray/label_quality/view.py)."""
 
 from __future__ import annotations
 
 from rgvlm_ray import storage
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
-from rgvlm_ray.label_view import visible, write_pages
+from rgvlm_ray.label_quality.view import visible, write_pages
 
 
 def main(cfg: Config) -> int:

@@ -1,7 +1,7 @@
 """The output folder a multi-stage command (`rgvlm run`, `rgvlm study`) fills: paths under it, timed stages,
 tiny stand-in models and the warning that goes with them.
 
-Its own module so that the commands and their reports (demo.py, demo_report.py, study.py, study_report.py)
+Its own module so that the commands and their reports (demo.py, demo_report.py, study/)
 share these without importing one another.
 """
 

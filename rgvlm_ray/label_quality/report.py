@@ -12,7 +12,7 @@ Unscored steps (null reward) count as 0 in the cumulative sum. Episodes whose pr
 constant have no defined correlation and are counted separately.
 
 Those figures need `progress` and `num_subtasks`, which only generated data has. Every dataset also gets the
-figures of label_quality_gtfree.py, which need no ground truth; where ground truth exists both stand side by side,
+figures of gtfree.py, which need no ground truth; where ground truth exists both stand side by side,
 with a check of whether the ground-truth-free figures order the labelers as the true rho does.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 from scipy.stats import spearmanr
 
-from rgvlm_ray import label_quality_gtfree as gtfree
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.label_quality import gtfree, gtfree_markdown
 from rgvlm_ray.labelstore.join import Source
 
 SHUFFLE_SEED = 0
@@ -117,10 +117,10 @@ def labeler_report(table: pa.Table, name: str) -> dict:
 
 def markdown(reports: list[dict]) -> str:
     """The ground-truth-free tables, then (where ground truth exists) the tables by k and the check of the order."""
-    lines = [gtfree.markdown(reports)]
+    lines = [gtfree_markdown.markdown(reports)]
     with_truth = [rep for rep in reports if rep["by_k"]]
     if with_truth:
-        lines += ["### Against ground truth (`progress`)", "", gtfree.orders_markdown(reports)]
+        lines += ["### Against ground truth (`progress`)", "", gtfree_markdown.orders_markdown(reports)]
     for rep in with_truth:
         lines += [
             f"### {rep['labeler']}",

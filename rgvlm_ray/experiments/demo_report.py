@@ -7,10 +7,10 @@ import os
 import platform
 import time
 
-from rgvlm_ray import label_quality as label_report
+from rgvlm_ray.experiments.workspace import NOISE_WARNING, REAL_LVLM, Workspace
 from rgvlm_ray.iql.compare import comparison_table, unique_labels
 from rgvlm_ray.iql.evaluate import plot_png
-from rgvlm_ray.workspace import NOISE_WARNING, REAL_LVLM, Workspace
+from rgvlm_ray.label_quality import report as label_report
 
 
 def _series(state: Workspace, evals: list[str]) -> dict[str, list[dict]]:

@@ -24,9 +24,9 @@ from dataclasses import replace
 
 from rgvlm_ray import storage
 from rgvlm_ray.config import Config
-from rgvlm_ray.demo_report import write_report
 from rgvlm_ray.errors import UsageError
-from rgvlm_ray.workspace import NOISE_WARNING, Workspace, has_shards, tiny_model
+from rgvlm_ray.experiments.demo_report import write_report
+from rgvlm_ray.experiments.workspace import NOISE_WARNING, Workspace, has_shards, tiny_model
 
 log = logging.getLogger(__name__)
 LABELERS = ("oracle", "clip", "rgvlm")
