@@ -13,7 +13,7 @@ from pathlib import Path
 from rgvlm_ray.cli import main
 from rgvlm_ray.config import LabelerConfig
 from rgvlm_ray.label_quality import gtfree as gt
-from rgvlm_ray.label_quality import gtfree_markdown as gtmd
+from rgvlm_ray.label_quality.gtfree_markdown import _ci
 from rgvlm_ray.label_quality.view import goal_html
 from tests.helpers import REPO
 from tests.lerobot_fixture import CAMERAS, make_dataset
@@ -67,7 +67,7 @@ def test_auroc_has_no_zero_width_interval():
     assert tiny["auroc"] == 0.0 and tiny["ci"] is None and "below 5" in tiny["ci_why"]
     perfect = gt.auroc([1.0] * 6, [0.0] * 5)  # separated, enough of each: an interval that has a width
     assert perfect["auroc"] == 1.0 and perfect["ci"][0] < 1.0 and perfect["ci"][1] == 1.0
-    assert gtmd._ci(tiny, "auroc") == "0.000"  # the markdown shows the value, then the reason (ci_why)
+    assert _ci(tiny, "auroc") == "0.000"  # the markdown shows the value, then the reason (ci_why)
 
 
 def test_a_long_goal_is_folded_and_says_what_the_judge_saw():

@@ -326,20 +326,12 @@ def check_inputs(cfg: Config) -> None:
         return
     names: list[str] | None = None  # None: no shard readable (each is quarantined by the run)
     for shard in input_shards(cfg.label.in_path, cfg.storage):
-        try:
+        with contextlib.suppress(fmt.FormatError):  # an unreadable shard is quarantined, not refused here
             names = fmt.read_schema(shard, cfg.storage).names
-        except fmt.FormatError:  # an unreadable shard is quarantined by the run, not refused here
-            continue
-        if "progress" in names:  # one shard without it is that shard's problem, not the dataset's
-            return
-    if names is None:
-        return
-    fmt.require_columns(
-        names,
-        ["progress"],
-        f"--engine {cfg.engine.kind}",
-        "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip",
-    )
+            if "progress" in names:  # one shard without it is that shard's problem, not the dataset's
+                return
+    why = "ground-truth sub-task progress; label such data with --engine hf|vllm|openai|clip"
+    fmt.require_columns(names or ["progress"], ["progress"], f"--engine {cfg.engine.kind}", why)
 
 
 def run(cfg: Config) -> dict:
@@ -399,10 +391,7 @@ def run(cfg: Config) -> dict:
     try:
         records = mf.load_records(state.out, cfg.storage)
         summary["status"] = st.totals(st.shard_states(state.inputs, records, state.out, cfg.storage))
-        # Records, label shards and leases of raw shards deleted since they were labeled: said at every run,
-        # not only by --status (relabel from cron would otherwise never mention them).
-        left = orphans.find(state.inputs, state.out, cfg.storage)
-        summary["left_behind"] = {kind: len(paths) for kind, paths in left.items() if paths}
+        summary["left_behind"] = orphans.left_behind(state.inputs, state.out, cfg.storage)
         mf.write_manifest(state.out, records, cfg.storage, summary["status"])
         with storage.atomic_open(storage.join(state.out, "summary.json"), cfg.storage) as f:
             f.write(json.dumps(summary, indent=2).encode())
@@ -437,11 +426,7 @@ def exit_code(summary: dict, allow_quarantine: bool) -> int:
             "not retried until the input or the labeler changes (or label.retry_errors=true)"
         )
     if summary.get("left_behind"):
-        kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in summary["left_behind"].items())
-        print(
-            f"left behind by raw shards that no longer exist (or by runs that broke): {kinds}; "
-            f"`rgvlm label --in {summary['in']} --out {summary['out']} --prune` removes them"
-        )
+        print(orphans.advice(summary["left_behind"], summary["in"], summary["out"]))
     if not ep["balanced"]:
         return EXIT_FAILED
     if shards["failed"]:

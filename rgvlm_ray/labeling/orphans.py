@@ -75,3 +75,17 @@ def prune(found: dict[str, list[str]], cfg: StorageConfig) -> int:
 
 def count(found: dict[str, list[str]]) -> int:
     return sum(len(v) for v in found.values())
+
+
+def left_behind(inputs: list[str], out: str, cfg: StorageConfig) -> dict[str, int]:
+    """How many paths of each kind `find` finds: said after every labeling run, not only by --status (relabel
+    from cron would otherwise never mention a deleted raw shard's label shard)."""
+    return {kind: len(paths) for kind, paths in find(inputs, out, cfg).items() if paths}
+
+
+def advice(counts: dict[str, int], in_path: str, out: str) -> str:
+    kinds = ", ".join(f"{n} {k.replace('_', ' ')}" for k, n in counts.items())
+    return (
+        f"left behind by raw shards that no longer exist (or by runs that broke): {kinds}; "
+        f"`rgvlm label --in {in_path} --out {out} --prune` removes them"
+    )
