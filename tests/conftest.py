@@ -15,6 +15,11 @@ from rgvlm_ray.config import StorageConfig
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Ray Train V2's controller polls its workers every 2 s (so a finished training is noticed up to 2 s late) and
+# starts a preemption watcher; the driver hands both settings on to every controller, in-process or in a CLI
+# process. The suite trains about 20 times: a 0.25 s poll and no watcher save seconds on each, nothing else changes.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
 
 S3_BUCKET = "rgvlm-test"
 
@@ -85,38 +90,37 @@ def s3_env(s3_server: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> Storage
 
 
 # `--shard I/N` (tests/shards.py, `make test`): run only the files bin-packed into shard I of N. The suite mostly
-# waits (Ray Train and Ray Data start-up, CLI processes: about 12 CPU-minutes in 25 wall-minutes on 2 cores), so
-# two pytest processes, each with its own session cluster, halve the wall time. Weights: rough seconds per file on
-# cpu-2core (BENCHMARKS.md, "Test suite"); a file not listed weighs 10.
+# waits on Ray Train and Ray Data start-up and CLI processes, so two pytest processes, each with its own session
+# cluster, cut the wall time. Weights: seconds per file on a quiet cpu-2core, estimated from `--durations=0` runs on
+# the shared 2-core dev machine under load (2026-12-05, issue 25: measured seconds / 2.5, BENCHMARKS.md "Test suite");
+# minari, pipeline_label and pipeline_report were not re-measured and keep their earlier estimates. Only their
+# ratios matter to the packing. A file not listed weighs 10.
 SHARD_WEIGHTS = {
-    "test_study.py": 200,
-    "test_fuzz_format.py": 170,
-    "test_paths_unicode.py": 150,
-    "test_small_points.py": 90,
-    "test_label_others.py": 250,
-    "test_label_paths.py": 150,
-    "test_label_store.py": 120,
-    "test_label_faults.py": 110,
-    "test_demo.py": 100,
-    "test_iql_train.py": 100,
-    "test_label_tidy.py": 90,
-    "test_lerobot.py": 90,
+    "test_study.py": 185,
+    "test_label_others.py": 140,  # issue 26: 347 s under load (helper's runs) / 2.5
+    "test_label_store.py": 135,
+    "test_label_paths.py": 110,
+    "test_jobs.py": 90,
     "test_minari.py": 90,
-    "test_label_view.py": 60,
-    "test_label_plan.py": 60,
-    "test_iql_evaluate.py": 60,
-    "test_jobs.py": 60,
+    "test_demo.py": 85,
+    "test_iql_train.py": 80,
+    "test_label_faults.py": 80,
     "test_pipeline_label.py": 60,
-    "test_behaviour.py": 50,
-    "test_label_exits.py": 40,
-    "test_bad_input.py": 40,
-    "test_label_hf.py": 40,
+    "test_iql_evaluate.py": 40,
     "test_pipeline_report.py": 40,
-    "test_label_cli.py": 40,
-    "test_label_openai_serve.py": 30,
     "test_iql_learning.py": 30,
-    "test_generate_cli.py": 30,
-    "test_mission_pool.py": 30,
+    "test_label_openai_serve.py": 30,
+    "test_label_plan.py": 30,
+    "test_label_tidy.py": 30,
+    "test_lerobot.py": 25,
+    "test_bad_input.py": 20,
+    "test_behaviour.py": 20,
+    "test_label_exits.py": 15,
+    # issue 24 and 27 files, from their authors' runs under load / 2.5
+    "test_paths_unicode.py": 76,
+    "test_fuzz_format.py": 60,
+    "test_small_points.py": 40,
+    "test_mission_pool.py": 25,
 }
 
 
