@@ -93,6 +93,7 @@ SHARD_WEIGHTS = {
     "test_label_paths.py": 150,
     "test_label_store.py": 120,
     "test_label_faults.py": 110,
+    "test_s3_timeouts.py": 100,
     "test_demo.py": 100,
     "test_iql_train.py": 100,
     "test_label_tidy.py": 90,

@@ -51,12 +51,17 @@ class LabelActor:
         self.spaces = {path: ActionSpace.from_json(s) if s else None for path, s in spaces.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.hung = False
+        self.storage_down: BaseException | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.hung:
             # The previous call never returned and still holds the engine: exit so Ray restarts this actor
             # with a fresh engine and retries this batch on it.
             os._exit(1)
+        if self.storage_down is not None:
+            # S3 failed a write after all its retries: fail the batches queued here at once, rather than label
+            # each and wait out the same retries again (the run is ending with exit 4).
+            raise self.storage_down
         rows = batch.drop_columns([PATH_COL]).to_pylist()
         for row, path in zip(rows, batch.column(PATH_COL).to_pylist(), strict=True):
             row[SPACE_KEY] = self.spaces.get(path)  # rendered into the prompt (labelers/action_text.py)
@@ -76,7 +81,13 @@ class LabelActor:
         results = []
         for path in pc.unique(batch.column(PATH_COL)).to_pylist():
             part = table.filter(pc.equal(batch.column(PATH_COL), path))
-            written = write_part(part, self.out, self.names[path], self.run_id, self.storage)
+            try:
+                written = write_part(part, self.out, self.names[path], self.run_id, self.storage)
+            except Exception as exc:
+                fault = storage.fault(exc, self.out, self.storage)
+                if fault is not None and fault.storage_down:
+                    self.storage_down = exc
+                raise
             results.append([path, written, part.num_rows, *tokens])
             tokens = [0, 0]  # a batch's tokens are counted once, on its first shard
         return pa.Table.from_pylist(

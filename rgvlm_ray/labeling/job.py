@@ -78,6 +78,17 @@ def storage_fault(state: RunState, exc: BaseException, path: str) -> bool:
     return True
 
 
+def storage_down(state: RunState, exc: BaseException, path: str) -> bool:
+    """A lease renewal failed: if S3 is down (unreachable, or failing after all retries), note it so that the
+    run stops calling S3 (exit 4) and return True; any other failure is retried at the next beat."""
+    fault = storage.fault(exc, path, state.cfg.storage)
+    if fault is None or not fault.storage_down:
+        return False
+    log.debug("storage fault at %s", path, exc_info=exc)
+    state.faults.append(fault)
+    return True
+
+
 def input_vanished(exc: BaseException) -> str:
     """One line if `exc` says a raw shard disappeared under the run (deleted or replaced mid-run), else "".
     Ray Data hands a read task's error on as text, so the text is searched too."""
@@ -216,7 +227,7 @@ class Writers:
             for ref in ready:
                 shard = self.pending.pop(ref)
                 try:
-                    record = ray.get(ref)
+                    record, fault = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
                     if not storage_fault(self.state, exc, layout.shard_path(self.state.out, shard.name)):
                         log.warning("writing the label shard of %s failed: %s", shard.name, mf.reason(exc))
@@ -228,6 +239,8 @@ class Writers:
                         error=f"writing the label shard failed: {mf.reason(exc)}",
                     )
                     continue
+                if fault is not None:  # the shard landed, then S3 went down: stop calling it (exit 4)
+                    self.state.faults.append(fault)
                 self.landed(record)
             if not wait_all:
                 return
@@ -264,6 +277,8 @@ def label_shards(state: RunState, shards: list[ShardPlan]) -> None:
                 if counts[path] == by_path[path].rows_in:
                     writers.submit(by_path[path], parts.pop(path), tokens.pop(path))
             writers.collect()
+            if state.storage_down:  # found by the heartbeat or a writer: the actors' writes fail too
+                break
     finally:  # shards already handed to a writer get their record even if the stream broke
         writers.collect(wait_all=True)
     for path in parts:
@@ -366,7 +381,7 @@ def run(cfg: Config) -> dict:
     stopped = "the run stopped before this shard was written"
     if todo:
         init_ray(cfg.ray)
-        with Heartbeat(state.leases, lc.lease_ttl_s):
+        with Heartbeat(state.leases, lc.lease_ttl_s, on_error=lambda e, p: storage_down(state, e, p)):
             try:
                 good = quarantine_bad_shards(state, todo)
                 if good:
