@@ -18,6 +18,17 @@ from rgvlm_ray.labelers.labeler import build_labeler
 from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling.writers import write_part
 
+# Token counts an actor reports per batch, summed per shard into its record and per run into summary.json; the
+# per-stage ones let a run be checked against `rgvlm label --plan`, stage by stage.
+TOKEN_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "stage1_prompt_tokens",
+    "stage1_completion_tokens",
+    "stage2_prompt_tokens",
+    "stage2_cached_tokens",
+    "stage2_completion_tokens",
+)
 PATH_COL = "path"  # added by read_parquet(include_paths=True)
 # What an actor call returns: one small row per input shard in its batch, never episodes.
 RESULT_SCHEMA = pa.schema(
@@ -25,8 +36,7 @@ RESULT_SCHEMA = pa.schema(
         pa.field("path", pa.string()),
         pa.field("part", pa.string()),
         pa.field("episodes", pa.int64()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
+        *(pa.field(k, pa.int64()) for k in TOKEN_KEYS),
     ]
 )
 
@@ -76,7 +86,7 @@ class LabelActor:
         except Exception as exc:  # an engine crash must not drop episodes: record it on each of them
             labels = self._failed(rows, f"{type(exc).__name__}: {exc}")
         after = self.labeler.stats()
-        tokens = [after.get(k, 0) - before.get(k, 0) for k in ("prompt_tokens", "completion_tokens")]
+        tokens = [(after.get(k) or 0) - (before.get(k) or 0) for k in TOKEN_KEYS]  # cached: None if not told
         table = label_table(batch.column("episode_id").combine_chunks(), labels, self.labeler.name)
         results = []
         for path in pc.unique(batch.column(PATH_COL)).to_pylist():
@@ -89,7 +99,7 @@ class LabelActor:
                     self.storage_down = exc
                 raise
             results.append([path, written, part.num_rows, *tokens])
-            tokens = [0, 0]  # a batch's tokens are counted once, on its first shard
+            tokens = [0] * len(TOKEN_KEYS)  # a batch's tokens are counted once, on its first shard
         return pa.Table.from_pylist(
             [dict(zip(RESULT_SCHEMA.names, r, strict=True)) for r in results], RESULT_SCHEMA
         )

@@ -34,7 +34,7 @@ from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labele
 from rgvlm_ray.labeling import chaos, exits
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
-from rgvlm_ray.labeling.actors import LabelActor, stripped
+from rgvlm_ray.labeling.actors import TOKEN_KEYS, LabelActor, stripped
 from rgvlm_ray.labeling.leases import Heartbeat
 from rgvlm_ray.labeling.plan import (
     RunState,
@@ -248,7 +248,7 @@ class Writers:
     def landed(self, record: mf.ShardRecord) -> None:
         """The writer wrote the shard and its record: count it and free the lease."""
         s, stats = self.state, record.stats
-        for key in ("transitions", "windows", "prompt_tokens", "completion_tokens"):
+        for key in ("transitions", "windows", *TOKEN_KEYS):
             s.totals[key] += stats.get(key, 0)
         s.step_status.update(stats["step_status"])
         s.episode_status.update(stats["episode_status"])
@@ -273,7 +273,7 @@ def label_shards(state: RunState, shards: list[ShardPlan]) -> None:
                 path = row["path"]
                 parts[path].append(row["part"])
                 counts[path] += row["episodes"]
-                tokens[path].update({k: row[k] for k in ("prompt_tokens", "completion_tokens")})
+                tokens[path].update({k: row[k] for k in TOKEN_KEYS})
                 if counts[path] == by_path[path].rows_in:
                     writers.submit(by_path[path], parts.pop(path), tokens.pop(path))
             writers.collect()
@@ -323,8 +323,7 @@ def summarize(state: RunState, seconds: float) -> dict:
         },
         "transitions": state.totals.get("transitions", 0),
         "windows": state.totals.get("windows", 0),
-        "prompt_tokens": state.totals.get("prompt_tokens", 0),
-        "completion_tokens": state.totals.get("completion_tokens", 0),
+        **{k: state.totals.get(k, 0) for k in TOKEN_KEYS},
         "seconds": round(seconds, 2),
         "transitions_per_s": round(state.totals.get("transitions", 0) / max(seconds, 1e-9), 1),
         "parse_failure_rate": round(state.step_status.get("parse_error", 0) / steps, 4) if steps else 0.0,
