@@ -54,6 +54,7 @@ def config(in_path: str, *extra: str) -> Config:
 def test_counts_are_exact_and_the_time_holds_against_a_real_run(sample, one_thread):
     plan = cost.plan_run(config(sample, "plan.calibrate=2"), clock=CLOCK)
     assert plan["calibration"]["windows"] == 2
+    assert plan["calibration"]["threads"] == 1  # an actor's 0.5 CPU: one torch thread, as Ray gives it
     estimate = plan["estimates"][0]
     assert estimate["actors"] == 1
     # An actor loads the model, warms up, then labels. The run below is in this process, where torch is warm
@@ -236,3 +237,4 @@ def test_a_measured_share_a_hair_above_1_is_clamped_and_said_and_a_small_calibra
     assert len(warned) == 1 and "--calibrate 32" in warned[0]
     assert cost.calibration_warnings(cfg, replace(cal, windows=32)) == []
     assert cost.calibration_warnings(cfg, None) == []
+    assert [cost.actor_threads(n) for n in (0.25, 0.5, 1, 2.0, 3.5)] == [1, 1, 1, 2, 3]
