@@ -18,8 +18,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rgvlm_ray.config import Config, load_config
 from rgvlm_ray.errors import StorageError, UsageError, message
+from rgvlm_ray.storage import check, resolved
 from rgvlm_ray.storage import fault as storage_fault
-from rgvlm_ray.storage import resolved
 
 
 @dataclass(frozen=True)
@@ -381,10 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OmegaConfBaseException, ValueError, FileNotFoundError) as exc:
         print(f"rgvlm {args.command}: bad configuration: {exc}", file=sys.stderr)
         return 2
-    cfg.storage = resolved(cfg.storage)
     module, func = cmd.target.split(":")  # type: ignore[union-attr]
     run = getattr(importlib.import_module(module), func)
     try:
+        cfg.storage = check(resolved(cfg.storage))
         return int(run(cfg) or 0)
     except UsageError as exc:
         print(f"rgvlm {args.command}: {message(exc)}", file=sys.stderr)

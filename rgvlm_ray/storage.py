@@ -38,6 +38,23 @@ def resolved(cfg: StorageConfig) -> StorageConfig:
     )
 
 
+RETRY_MODES = ("standard", "adaptive")
+
+
+def check(cfg: StorageConfig) -> StorageConfig:
+    """Refuse settings botocore would reject only at the first call (inside a Ray task)."""
+    if cfg.retry_mode not in RETRY_MODES:
+        raise UsageError(
+            f"storage.retry_mode must be one of {', '.join(RETRY_MODES)}; got {cfg.retry_mode!r}"
+        )
+    if cfg.max_attempts < 1:
+        raise UsageError(f"storage.max_attempts counts the first try too: at least 1; got {cfg.max_attempts}")
+    for key in ("connect_timeout_s", "read_timeout_s"):
+        if not getattr(cfg, key) > 0:
+            raise UsageError(f"storage.{key} must be > 0 seconds; got {getattr(cfg, key)}")
+    return cfg
+
+
 def _s3_options(cfg: StorageConfig) -> dict:
     cfg = resolved(cfg)
     client_kwargs = {
@@ -45,8 +62,14 @@ def _s3_options(cfg: StorageConfig) -> dict:
     }
     opts: dict = {
         "client_kwargs": client_kwargs,
-        # botocore's adaptive mode backs off on SlowDown/503 and retries 5xx and dropped connections.
-        "config_kwargs": {"retries": {"max_attempts": cfg.max_attempts, "mode": "adaptive"}},
+        # botocore retries SlowDown/503, 5xx, timeouts and dropped connections with jittered backoff; the
+        # timeouts bound each attempt (StorageConfig says what the defaults add up to).
+        "config_kwargs": {
+            # total_max_attempts counts the first try; botocore's `max_attempts` would count retries only
+            "retries": {"total_max_attempts": cfg.max_attempts, "mode": cfg.retry_mode},
+            "connect_timeout": cfg.connect_timeout_s,
+            "read_timeout": cfg.read_timeout_s,
+        },
         "skip_instance_cache": True,
     }
     for option, value in (
@@ -62,7 +85,11 @@ def _s3_options(cfg: StorageConfig) -> dict:
 def get_fs(path: str, cfg: StorageConfig | None = None) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path without scheme) for a local path or an `s3://` URL."""
     if path.startswith("s3://"):
-        return fsspec.filesystem("s3", **_s3_options(cfg or StorageConfig())), fs_path(path)
+        fs = fsspec.filesystem("s3", **_s3_options(cfg or StorageConfig()))
+        # s3fs retries botocore's whole retry cycle again (5 times by default, on timeouts and SlowDown too),
+        # which multiplied every wait by 5 (a failed call took minutes): botocore alone does the retrying.
+        fs.retries = 1
+        return fs, fs_path(path)
     return fsspec.filesystem("file"), fs_path(path)
 
 

@@ -54,6 +54,7 @@ def config(in_path: str, *extra: str) -> Config:
 def test_counts_are_exact_and_the_time_holds_against_a_real_run(sample, one_thread):
     plan = cost.plan_run(config(sample, "plan.calibrate=2"), clock=CLOCK)
     assert plan["calibration"]["windows"] == 2
+    assert plan["calibration"]["threads"] == 1  # an actor's 0.5 CPU: one torch thread, as Ray gives it
     estimate = plan["estimates"][0]
     assert estimate["actors"] == 1
     # An actor loads the model, warms up, then labels. The run below is in this process, where torch is warm
@@ -207,3 +208,33 @@ def test_with_out_the_shards_already_labeled_are_left_out(sample, tmp_path):
     # another labeler's record (another fingerprint) does not count as done
     mf.write_record(out, replace(record, fingerprint="0" * 16), cfg.storage)
     assert cost.plan_run(cfg)["shards"]["to_label"] == 2
+
+
+def test_a_measured_share_a_hair_above_1_is_clamped_and_said_and_a_small_calibration_warned():
+    """Issue 24 item 4: `--calibrate 16` measured a prefix-cache share of 1.0005 and the plan refused it."""
+    cfg = load_config(dotlist=["engine.kind=hf", "engine.batch_size=8"])
+    cal = cost.Calibration(
+        windows=16,
+        seconds=1.0,
+        load_s=0.1,
+        warmup_s=0.0,
+        tokens_per_s=1000.0,
+        windows_per_s=16.0,
+        analysis_tokens=10.0,
+        stage1_completion=10.0,
+        stage2_completion=5.0,
+        prefix_cache=1.0005,
+        failed_windows=0,
+    )
+    a = cost.assumptions(cfg, cal)
+    assert a.prefix_cache == 1.0
+    assert "clamped to 1" in a.sources["prefix_cache"] and "1.0005" in a.sources["prefix_cache"]
+    # a share set by hand above 1 is still a usage error
+    with pytest.raises(cost.UsageError, match="0..1"):
+        cost.assumptions(load_config(dotlist=["engine.kind=hf", "plan.prefix_cache=1.2"]), cal)
+    # 16 windows are 2 engine batches of 8: under 4, warned; 32 are enough
+    warned = cost.calibration_warnings(cfg, cal)
+    assert len(warned) == 1 and "--calibrate 32" in warned[0]
+    assert cost.calibration_warnings(cfg, replace(cal, windows=32)) == []
+    assert cost.calibration_warnings(cfg, None) == []
+    assert [cost.actor_threads(n) for n in (0.25, 0.5, 1, 2.0, 3.5)] == [1, 1, 1, 2, 3]

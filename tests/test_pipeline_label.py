@@ -127,6 +127,24 @@ def test_hf_two_stage_labels_fingerprint_change_relabels_and_bad_frames_kept(
     s = summary_of(out)
     assert s["episodes"]["labeled"] == 3 and s["episodes"]["bad_input"] == 1 and s["episodes"]["balanced"]
     assert s["prompt_tokens"] > 0 and s["windows"] >= 3
+    # per stage (issue 24): they add up, each shard's record holds its own, and stage 1 is what --plan counts
+    for kind in ("prompt", "completion"):
+        assert s[f"stage1_{kind}_tokens"] > 0 and s[f"stage2_{kind}_tokens"] > 0
+        assert s[f"stage1_{kind}_tokens"] + s[f"stage2_{kind}_tokens"] == s[f"{kind}_tokens"]
+    records = mf.load_records(out, StorageConfig())
+    for key in ("stage1_prompt_tokens", "stage2_prompt_tokens", "stage2_cached_tokens", "completion_tokens"):
+        assert sum(r.stats[key] for r in records.values()) == s[key], key
+    from rgvlm_ray.config import load_config
+    from rgvlm_ray.labeling import cost
+
+    planned = cost.plan_run(
+        load_config(
+            overrides={"label.in_path": src, "label.plan": True},
+            dotlist=["engine.kind=hf", f"engine.model={tiny_vlm_dir}", *args[4:]],
+        )
+    )
+    assert planned["stage1"]["prompt_tokens"] == s["stage1_prompt_tokens"]
+    assert planned["stage1"]["windows"] == s["windows"]
     fp = s["fingerprint"]
 
     # bad input is deterministic: its shard is not retried until asked (or the input or labeler changes)

@@ -9,6 +9,7 @@ from rgvlm_ray.config import Config
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labeling import exits, job, orphans, status
 from rgvlm_ray.labeling.plan import inventory, with_canonical_roots
+from rgvlm_ray.labeling.summary import exit_code as summary_exit_code
 
 
 def main(cfg: Config) -> int:
@@ -41,4 +42,4 @@ def main(cfg: Config) -> int:
         return status.exit_code(summary["by_state"], lc.allow_quarantine)
     summary = job.run(cfg)
     print(json.dumps(summary, indent=2))
-    return job.exit_code(summary, lc.allow_quarantine)
+    return summary_exit_code(summary, lc.allow_quarantine)

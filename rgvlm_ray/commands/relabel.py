@@ -8,7 +8,8 @@ from dataclasses import replace
 from rgvlm_ray.cli import require
 from rgvlm_ray.config import Config
 from rgvlm_ray.iql.trainer import train
-from rgvlm_ray.labeling import job, relabel
+from rgvlm_ray.labeling import relabel
+from rgvlm_ray.labeling.summary import exit_code as summary_exit_code
 
 
 def main(cfg: Config) -> int:
@@ -20,7 +21,7 @@ def main(cfg: Config) -> int:
         f"relabel: {labeled} new or changed shard(s) labeled, {summary['shards']['skipped_current']} current, "
         f"{len(summary['shards']['skipped_leased_by_other_run'])} leased by another run"
     )
-    rc = job.exit_code(summary, cfg.label.allow_quarantine)
+    rc = summary_exit_code(summary, cfg.label.allow_quarantine)
     if not cfg.relabel.then_train or rc != 0:
         return rc
     if not (labeled or cfg.relabel.train_always):

@@ -30,7 +30,16 @@ class StorageConfig:
     access_key_id: str | None = None
     secret_access_key: str | None = None
     session_token: str | None = None
-    max_attempts: int = 8  # botocore adaptive retries: covers SlowDown, 5xx and connection errors
+    # Bounded waits, the same on the driver and every Ray worker (storage.py `_s3_options`): an attempt that gets
+    # no byte for read_timeout_s is abandoned, and a call gives up after max_attempts attempts (the first
+    # included), with botocore's jittered backoff of at most 1, 2, 4 s between them. At these defaults a call to
+    # an S3 that answers 503 gives up within about 7 s, one to an S3 that hangs within about 47 s, and
+    # `rgvlm label` ends with exit 4 within 2 minutes either way (BENCHMARKS.md, "S3 faults"). A bucket that
+    # throttles in earnest: raise max_attempts (backoff grows to 20 s) and use retry_mode=adaptive.
+    max_attempts: int = 4  # covers SlowDown, 5xx, timeouts and dropped connections
+    retry_mode: str = "standard"  # botocore: standard | adaptive (adds a client-side rate limiter)
+    connect_timeout_s: float = 5.0
+    read_timeout_s: float = 10.0  # per request: no byte for this long and the attempt is abandoned
 
 
 @dataclass

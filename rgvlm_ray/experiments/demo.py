@@ -67,6 +67,7 @@ def models(state: Workspace) -> None:
 
 def label(state: Workspace, labeler: str) -> int:
     from rgvlm_ray.labeling import job
+    from rgvlm_ray.labeling.summary import exit_code as summary_exit_code
 
     cfg = state.cfg
     engine = (
@@ -76,7 +77,7 @@ def label(state: Workspace, labeler: str) -> int:
     )
     label_cfg = replace(cfg.label, in_path=state.path("data", "raw"), out_path=labels_path(state, labeler))
     summary = job.run(replace(cfg, engine=engine, label=label_cfg))
-    if job.exit_code(summary, cfg.label.allow_quarantine) != 0:
+    if summary_exit_code(summary, cfg.label.allow_quarantine) != 0:
         raise RuntimeError(f"labeling with {labeler} did not complete: see {label_cfg.out_path}/summary.json")
     return summary["transitions"]
 

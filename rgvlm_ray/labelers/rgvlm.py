@@ -135,14 +135,20 @@ class Counters:
         self.stage1_prompt_tokens = 0
         self.stage2_prompt_tokens = 0
         self.stage2_cached_tokens: int | None = None
+        self.stage1_completion_tokens = (
+            0  # per stage, so a run can be checked against its plan (labeling/cost.py)
+        )
+        self.stage2_completion_tokens = 0
 
     def add(self, c: Completion, stage: int) -> None:
         self.prompt_tokens += c.prompt_tokens
         self.completion_tokens += c.completion_tokens
         if stage == 1:
             self.stage1_prompt_tokens += c.prompt_tokens
+            self.stage1_completion_tokens += c.completion_tokens
         else:
             self.stage2_prompt_tokens += c.prompt_tokens
+            self.stage2_completion_tokens += c.completion_tokens
             if c.cached_tokens is not None:
                 self.stage2_cached_tokens = (self.stage2_cached_tokens or 0) + c.cached_tokens
 

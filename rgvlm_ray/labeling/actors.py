@@ -18,18 +18,27 @@ from rgvlm_ray.labelers.labeler import build_labeler
 from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling.writers import write_part
 
+# Token counts an actor reports per batch, summed per shard into its record and per run into summary.json; the
+# per-stage ones let a run be checked against `rgvlm label --plan`, stage by stage.
+TOKEN_KEYS = (
+    "prompt_tokens",
+    "completion_tokens",
+    "stage1_prompt_tokens",
+    "stage1_completion_tokens",
+    "stage2_prompt_tokens",
+    "stage2_cached_tokens",
+    "stage2_completion_tokens",
+)
 PATH_COL = "path"  # added by read_parquet(include_paths=True)
 # Labeler counters (Labeler.stats()) carried per batch to the shard's record and the run's summary.
-COUNTED = ("prompt_tokens", "completion_tokens", "goals_truncated")
+COUNTED = (*TOKEN_KEYS, "goals_truncated")
 # What an actor call returns: one small row per input shard in its batch, never episodes.
 RESULT_SCHEMA = pa.schema(
     [
         pa.field("path", pa.string()),
         pa.field("part", pa.string()),
         pa.field("episodes", pa.int64()),
-        pa.field("prompt_tokens", pa.int64()),
-        pa.field("completion_tokens", pa.int64()),
-        pa.field("goals_truncated", pa.int64()),
+        *(pa.field(k, pa.int64()) for k in COUNTED),
     ]
 )
 
@@ -54,12 +63,17 @@ class LabelActor:
         self.spaces = {path: ActionSpace.from_json(s) if s else None for path, s in spaces.items()}
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="engine")
         self.hung = False
+        self.storage_down: BaseException | None = None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if self.hung:
             # The previous call never returned and still holds the engine: exit so Ray restarts this actor
             # with a fresh engine and retries this batch on it.
             os._exit(1)
+        if self.storage_down is not None:
+            # S3 failed a write after all its retries: fail the batches queued here at once, rather than label
+            # each and wait out the same retries again (the run is ending with exit 4).
+            raise self.storage_down
         rows = batch.drop_columns([PATH_COL]).to_pylist()
         for row, path in zip(rows, batch.column(PATH_COL).to_pylist(), strict=True):
             row[SPACE_KEY] = self.spaces.get(path)  # rendered into the prompt (labelers/action_text.py)
@@ -74,12 +88,18 @@ class LabelActor:
         except Exception as exc:  # an engine crash must not drop episodes: record it on each of them
             labels = self._failed(rows, f"{type(exc).__name__}: {exc}")
         after = self.labeler.stats()
-        tokens = [after.get(k, 0) - before.get(k, 0) for k in COUNTED]
+        tokens = [(after.get(k) or 0) - (before.get(k) or 0) for k in COUNTED]  # cached: None if not told
         table = label_table(batch.column("episode_id").combine_chunks(), labels, self.labeler.name)
         results = []
         for path in pc.unique(batch.column(PATH_COL)).to_pylist():
             part = table.filter(pc.equal(batch.column(PATH_COL), path))
-            written = write_part(part, self.out, self.names[path], self.run_id, self.storage)
+            try:
+                written = write_part(part, self.out, self.names[path], self.run_id, self.storage)
+            except Exception as exc:
+                fault = storage.fault(exc, self.out, self.storage)
+                if fault is not None and fault.storage_down:
+                    self.storage_down = exc
+                raise
             results.append([path, written, part.num_rows, *tokens])
             tokens = [0] * len(COUNTED)  # a batch's counts go once, to its first shard
         return pa.Table.from_pylist(

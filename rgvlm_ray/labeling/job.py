@@ -31,7 +31,7 @@ from rgvlm_ray import storage
 from rgvlm_ray.config import Config
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint, labeler_name
-from rgvlm_ray.labeling import chaos, exits, orphans
+from rgvlm_ray.labeling import chaos, orphans
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling import status as st
 from rgvlm_ray.labeling.actors import COUNTED, LabelActor, stripped
@@ -46,11 +46,11 @@ from rgvlm_ray.labeling.plan import (
     shard_ids,
     with_canonical_roots,
 )
+from rgvlm_ray.labeling.summary import summarize
 from rgvlm_ray.labeling.writers import finalize
 from rgvlm_ray.labelstore import layout
 
 log = logging.getLogger(__name__)
-EXIT_OK, EXIT_FAILED, EXIT_INCOMPLETE = exits.OK, exits.FAILED, exits.INCOMPLETE
 
 
 def new_record(state: RunState, shard: ShardPlan, status: str, **fields: object) -> mf.ShardRecord:
@@ -74,6 +74,17 @@ def storage_fault(state: RunState, exc: BaseException, path: str) -> bool:
     if fault is None:
         return False
     log.debug("storage fault at %s", path, exc_info=exc)  # the traceback, for the log only
+    state.faults.append(fault)
+    return True
+
+
+def storage_down(state: RunState, exc: BaseException, path: str) -> bool:
+    """A lease renewal failed: if S3 is down (unreachable, or failing after all retries), note it so that the
+    run stops calling S3 (exit 4) and return True; any other failure is retried at the next beat."""
+    fault = storage.fault(exc, path, state.cfg.storage)
+    if fault is None or not fault.storage_down:
+        return False
+    log.debug("storage fault at %s", path, exc_info=exc)
     state.faults.append(fault)
     return True
 
@@ -216,7 +227,7 @@ class Writers:
             for ref in ready:
                 shard = self.pending.pop(ref)
                 try:
-                    record = ray.get(ref)
+                    record, fault = ray.get(ref)
                 except Exception as exc:  # the writer failed for good: the next run labels the shard again
                     if not storage_fault(self.state, exc, layout.shard_path(self.state.out, shard.name)):
                         log.warning("writing the label shard of %s failed: %s", shard.name, mf.reason(exc))
@@ -228,6 +239,8 @@ class Writers:
                         error=f"writing the label shard failed: {mf.reason(exc)}",
                     )
                     continue
+                if fault is not None:  # the shard landed, then S3 went down: stop calling it (exit 4)
+                    self.state.faults.append(fault)
                 self.landed(record)
             if not wait_all:
                 return
@@ -264,60 +277,13 @@ def label_shards(state: RunState, shards: list[ShardPlan]) -> None:
                 if counts[path] == by_path[path].rows_in:
                     writers.submit(by_path[path], parts.pop(path), tokens.pop(path))
             writers.collect()
+            if state.storage_down:  # found by the heartbeat or a writer: the actors' writes fail too
+                break
     finally:  # shards already handed to a writer get their record even if the stream broke
         writers.collect(wait_all=True)
     for path in parts:
         shard = by_path[path]
         finish(state, shard, mf.FAILED, error=f"only {counts[path]} of {shard.rows_in} episodes came back")
-
-
-def summarize(state: RunState, seconds: float) -> dict:
-    records = [r for r in state.records.values() if r.run_id == state.run_id]
-    quarantined = [r for r in records if r.status == mf.QUARANTINED]
-    failed = [r for r in records if r.status == mf.FAILED]
-    episodes_in = sum(r.rows_in or 0 for r in records)
-    labeled_ok = state.episode_status.get("ok", 0)
-    errored = state.episode_status.get("error", 0)
-    bad_input = state.episode_status.get("bad_input", 0)
-    in_quarantine = sum(r.rows_in or 0 for r in quarantined)
-    in_failed = sum(r.rows_in or 0 for r in failed)
-    steps = sum(state.step_status.values())
-    return {
-        "run_id": state.run_id,
-        "labeler": state.name,
-        "fingerprint": state.fingerprint,
-        "in": state.cfg.label.in_path,
-        "out": state.out,
-        "shards": {
-            "labeled": sum(r.status in mf.LABELED for r in records),
-            "quarantined": [r.shard for r in quarantined],
-            "unreadable": [r.shard for r in quarantined if r.rows_in is None],
-            "failed": [r.shard for r in failed],
-            "with_engine_errors": [r.shard for r in records if r.status == mf.DONE_WITH_ERRORS],
-            "skipped_current": len(state.skipped_current),
-            "skipped_leased_by_other_run": state.skipped_leased,
-        },
-        "episodes": {
-            "in": episodes_in,
-            "labeled": labeled_ok,
-            "errored": errored,
-            "bad_input": bad_input,
-            "in_quarantined_shards": in_quarantine,
-            "in_failed_shards": in_failed,
-            "balanced": episodes_in == labeled_ok + errored + bad_input + in_quarantine + in_failed,
-        },
-        "transitions": state.totals.get("transitions", 0),
-        "windows": state.totals.get("windows", 0),
-        "prompt_tokens": state.totals.get("prompt_tokens", 0),
-        "completion_tokens": state.totals.get("completion_tokens", 0),
-        # goals longer than the text encoder takes (clip, blip2, roboclip), truncated: labelers/encoders.py
-        "goals_truncated": state.totals.get("goals_truncated", 0),
-        "seconds": round(seconds, 2),
-        "transitions_per_s": round(state.totals.get("transitions", 0) / max(seconds, 1e-9), 1),
-        "parse_failure_rate": round(state.step_status.get("parse_error", 0) / steps, 4) if steps else 0.0,
-        "step_status": dict(state.step_status),
-        "episode_status": dict(state.episode_status),
-    }
 
 
 def check_inputs(cfg: Config) -> None:
@@ -364,7 +330,7 @@ def run(cfg: Config) -> dict:
     stopped = "the run stopped before this shard was written"
     if todo:
         init_ray(cfg.ray)
-        with Heartbeat(state.leases, lc.lease_ttl_s):
+        with Heartbeat(state.leases, lc.lease_ttl_s, on_error=lambda e, p: storage_down(state, e, p)):
             try:
                 good = quarantine_bad_shards(state, todo)
                 if good:
@@ -408,46 +374,3 @@ def release_all(state: RunState) -> None:
     for name in list(state.leases):
         with contextlib.suppress(Exception):
             state.leases.pop(name).release()
-
-
-def exit_code(summary: dict, allow_quarantine: bool) -> int:
-    """Print the balance check and what needs attention; 0 only if nothing does (codes: module docstring)."""
-    ep, shards = summary["episodes"], summary["shards"]
-    print(
-        f"episodes in {ep['in']} = labeled {ep['labeled']} + engine errors {ep['errored']} + bad input "
-        f"{ep['bad_input']} + in quarantined shards {ep['in_quarantined_shards']} + in failed shards "
-        f"{ep['in_failed_shards']}: " + ("balanced" if ep["balanced"] else "NOT BALANCED")
-    )
-    if shards["unreadable"]:
-        print(f"note: unreadable shards have unknown episode counts: {', '.join(shards['unreadable'])}")
-    if ep["bad_input"]:
-        print(
-            f"{ep['bad_input']} episode(s) have input that cannot be labeled (see *_episode_error); they are "
-            "not retried until the input or the labeler changes (or label.retry_errors=true)"
-        )
-    if summary.get("left_behind"):
-        print(orphans.advice(summary["left_behind"], summary["in"], summary["out"]))
-    if not ep["balanced"]:
-        return EXIT_FAILED
-    if shards["failed"]:
-        print(f"failed shards (rerun to retry): {', '.join(shards['failed'])}")
-        return EXIT_FAILED
-    # The rest describes the whole label set, not this run: a shard quarantined by an earlier run is still there.
-    whole = summary["status"]
-    quarantined = whole.get("quarantined", shards["quarantined"])
-    if quarantined and not allow_quarantine:
-        manifest = storage.join(summary["out"], "_manifest.json")
-        print(f"quarantined shards (see {manifest}): {', '.join(quarantined)}")
-        print("exiting non-zero; pass --allow-quarantine to accept them")
-        return EXIT_FAILED
-    code = st.exit_code(whole["by_state"], allow_quarantine)
-    if code == EXIT_FAILED:
-        print(f"shards that need a look (`rgvlm label --status` says why): {', '.join(whole['to_do'])}")
-        return code
-    if code == EXIT_INCOMPLETE:
-        print(
-            f"INCOMPLETE (exit {EXIT_INCOMPLETE}): {len(shards['skipped_leased_by_other_run'])} shard(s) leased by "
-            f"another run, {len(shards['with_engine_errors'])} with engine errors, "
-            f"{len(whole['to_do'])} in all not done: rerun to finish them (`rgvlm label --status` lists every shard)"
-        )
-    return code

@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from rgvlm_ray import storage
@@ -137,10 +138,19 @@ class Lease:
 
 
 class Heartbeat:
-    """Renews held leases every ttl/HEARTBEATS_PER_TTL seconds while a run works, so long runs keep them."""
+    """Renews held leases every ttl/HEARTBEATS_PER_TTL seconds while a run works, so long runs keep them.
 
-    def __init__(self, leases: dict[str, Lease], ttl_s: float) -> None:
+    `on_error(exc, path)` hears of each failed renewal; once it returns True (S3 is down: every call would wait
+    out its retries) the heartbeat stops, and the run, told so first, stops calling S3 too."""
+
+    def __init__(
+        self,
+        leases: dict[str, Lease],
+        ttl_s: float,
+        on_error: Callable[[BaseException, str], bool] = lambda exc, path: False,
+    ) -> None:
         self.leases = leases
+        self.on_error = on_error
         self.interval = max(ttl_s / HEARTBEATS_PER_TTL, 0.5)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="lease-heartbeat")
@@ -148,9 +158,11 @@ class Heartbeat:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             for lease in list(self.leases.values()):
-                # A missed beat is retried next interval: expiry is the ttl, not the interval.
-                with contextlib.suppress(Exception):
+                try:
                     lease.renew()
+                except Exception as exc:  # a missed beat is retried next interval: expiry is the ttl
+                    if self.on_error(exc, lease.path):
+                        return
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

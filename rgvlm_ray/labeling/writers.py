@@ -19,6 +19,7 @@ import pyarrow.compute as pc
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import StorageError
 from rgvlm_ray.labeling import chaos
 from rgvlm_ray.labeling import manifest as mf
 from rgvlm_ray.labeling.leases import Lease
@@ -33,9 +34,10 @@ def write_part(table: pa.Table, out: str, shard: str, run_id: str, cfg: StorageC
 
 def finalize(
     out: str, record: mf.ShardRecord, parts: list[str], tokens: dict, chaos_spec: str, cfg: StorageConfig
-):
+) -> tuple[mf.ShardRecord, StorageError | None]:
     """Gather `parts` into the label shard `out/<shard>`, then write its manifest record (runs as a Ray task, so
-    a shard and its record land together even if the driver dies). Returns the record."""
+    a shard and its record land together even if the driver dies). Returns the record, and the storage fault
+    (S3 down) met while tidying up after it, if any."""
     chaos.install(chaos_spec)
     labeler = record.labeler
     ids = fmt.read_shard(record.input, cfg, columns=["episode_id"]).column("episode_id")
@@ -85,14 +87,20 @@ def finalize(
             fs.rm_file(p)
         raise
     # The shard is done; parts left by a failing delete are cleared by the next write or `rgvlm label --prune`.
-    with contextlib.suppress(Exception):
-        fs, prefix = storage.get_fs(layout.parts_prefix(out, record.shard), cfg)
+    # Its lease goes with it, here rather than only in the driver: a driver killed now leaves no lease behind.
+    # One try for both: if S3 fails the first, the second would only wait out the same retries (the driver
+    # frees the lease if it can; else it expires).
+    parts_prefix = layout.parts_prefix(out, record.shard)
+    try:
+        fs, prefix = storage.get_fs(parts_prefix, cfg)
         if fs.exists(prefix):
             fs.rm(prefix, recursive=True)
-    # Its lease goes with it, here rather than only in the driver: a driver killed now leaves no lease behind.
-    with contextlib.suppress(Exception):
         Lease(out, record.shard, record.run_id, 0, cfg).release()
-    return record
+    except Exception as exc:
+        fault = storage.fault(exc, parts_prefix, cfg)
+        if fault is not None and fault.storage_down:  # the driver stops calling S3 too
+            return record, fault
+    return record, None
 
 
 def shard_stats(table: pa.Table, name: str) -> dict:

@@ -108,6 +108,7 @@ class Corpus:
 
 def label_one(ws: Workspace, name: str, in_path: str, out_path: str) -> dict[str, Any]:
     from rgvlm_ray.labeling import job
+    from rgvlm_ray.labeling.summary import exit_code as summary_exit_code
 
     cfg = ws.cfg
     engine, labeler = labeler_settings(cfg, name)
@@ -115,7 +116,7 @@ def label_one(ws: Workspace, name: str, in_path: str, out_path: str) -> dict[str
     if engine.kind in ("oracle", "noisy_oracle"):  # computed from the data: no GPU to hold
         label = replace(label, num_gpus_per_actor=0.0)
     summary = job.run(replace(cfg, engine=engine, labeler=labeler, label=label))
-    code = job.exit_code(summary, cfg.label.allow_quarantine)
+    code = summary_exit_code(summary, cfg.label.allow_quarantine)
     if code != 0:
         raise RuntimeError(f"the labeling job exited {code}: see {storage.join(out_path, 'summary.json')}")
     if summary["labeler"] != name:

@@ -24,9 +24,11 @@ render (the text table). The names below are re-exported so `from rgvlm_ray.labe
 from rgvlm_ray.labeling.cost.calibrate import (
     Calibration,
     StageMeter,
+    actor_threads,
     calibrate,
     computed_tokens,
     sample_rows,
+    torch_threads,
     truncated,
 )
 from rgvlm_ray.labeling.cost.count import (
@@ -42,10 +44,12 @@ from rgvlm_ray.labeling.cost.count import (
 )
 from rgvlm_ray.labeling.cost.estimate import (
     CACHING_ENGINES,
+    CALIBRATION_BATCHES,
     Assumptions,
     actor_counts,
     assumptions,
     batch_costs,
+    calibration_warnings,
     estimates,
     makespan,
     plan_run,
@@ -56,6 +60,10 @@ from rgvlm_ray.labeling.cost.estimate import (
 from rgvlm_ray.labeling.cost.render import duration, render
 
 __all__ = [
+    "CALIBRATION_BATCHES",
+    "actor_threads",
+    "calibration_warnings",
+    "torch_threads",
     "CACHING_ENGINES",
     "JUDGE_COLUMNS",
     "Assumptions",

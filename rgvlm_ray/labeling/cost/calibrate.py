@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from rgvlm_ray.config import Config
@@ -50,6 +51,7 @@ class Calibration:
     stage2_completion: float  # per window and sample
     prefix_cache: float  # stage-2 cached tokens / the stage-1 prompt tokens they repeat
     failed_windows: int
+    threads: int = 1  # torch threads it ran on: an actor's (actor_threads)
 
 
 def truncated(row: dict, actions: int) -> dict:
@@ -80,6 +82,24 @@ def sample_rows(cfg: Config, paths: list[str], windows: int) -> Iterator[dict]:
             yield row
 
 
+def actor_threads(num_cpus: float) -> int:
+    """The torch threads a labeling actor computes on: Ray sets OMP_NUM_THREADS to an actor's whole CPUs, and to 1
+    for a fractional share (the default 0.5), and torch takes its thread count from it."""
+    return max(1, int(num_cpus))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def calibrate(
     cfg: Config,
     paths: list[str],
@@ -94,24 +114,28 @@ def calibrate(
     rows = list(sample_rows(cfg, paths, windows))
     if not rows:
         raise UsageError("--calibrate found no labelable episode in the data")
-    start = clock()
-    labeler = build_labeler(cfg.engine, cfg.labeler)
-    load_s = clock() - start
-    try:
-        meter = StageMeter(labeler.engine)
-        labeler.engine = meter
-        # A first engine call pays one-off costs (kernels, allocations) an actor pays once: time it apart.
+    # Time it on the threads an actor gets, not this process's: with every core, a CPU calibration ran many times
+    # faster or slower than the actors it predicts (issue 24).
+    threads = actor_threads(cfg.label.num_cpus_per_actor)
+    with torch_threads(threads):
         start = clock()
-        labeler.label_episodes([truncated(rows[0], min(len(rows[0]["actions"]), cfg.labeler.window))])
-        warmup_s, warmup_tokens = clock() - start, computed_tokens(labeler.counters)
-        labeler.counters, meter.completion = Counters(), {1: 0, 2: 0}
-        start = clock()
-        eps = []
-        for i in range(0, len(rows), max(1, cfg.label.episodes_per_batch)):  # as an actor gets them
-            eps += labeler.label_episodes(rows[i : i + max(1, cfg.label.episodes_per_batch)])
-        seconds = clock() - start
-    finally:
-        labeler.close()
+        labeler = build_labeler(cfg.engine, cfg.labeler)
+        load_s = clock() - start
+        try:
+            meter = StageMeter(labeler.engine)
+            labeler.engine = meter
+            # A first engine call pays one-off costs (kernels, allocations) an actor pays once: time it apart.
+            start = clock()
+            labeler.label_episodes([truncated(rows[0], min(len(rows[0]["actions"]), cfg.labeler.window))])
+            warmup_s, warmup_tokens = clock() - start, computed_tokens(labeler.counters)
+            labeler.counters, meter.completion = Counters(), {1: 0, 2: 0}
+            start = clock()
+            eps = []
+            for i in range(0, len(rows), max(1, cfg.label.episodes_per_batch)):  # as an actor gets them
+                eps += labeler.label_episodes(rows[i : i + max(1, cfg.label.episodes_per_batch)])
+            seconds = clock() - start
+        finally:
+            labeler.close()
     c = labeler.counters
     done = [w for ep in eps for w in ep.windows if w.stage2 is not None]
     s = max(1, cfg.labeler.num_samples)
@@ -138,4 +162,5 @@ def calibrate(
         stage2_completion=meter.completion[2] / max(1, len(done) * s),
         prefix_cache=(c.stage2_cached_tokens or 0) / max(1, c.stage1_prompt_tokens * s),
         failed_windows=sum(w.status != "ok" for ep in eps for w in ep.windows),
+        threads=threads,
     )

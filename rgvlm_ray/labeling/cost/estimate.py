@@ -33,6 +33,22 @@ class Assumptions:
     sources: dict[str, str]  # where each came from: setting | calibration | budget | engine default
 
 
+CALIBRATION_BATCHES = 4  # fewer engine batches than this, and a calibration's rate is mostly its first batch
+
+
+def calibration_warnings(cfg: Config, cal: Calibration | None) -> list[str]:
+    """What makes a calibration's rate unreliable, in words for the plan."""
+    if cal is None:
+        return []
+    enough = CALIBRATION_BATCHES * max(1, cfg.engine.batch_size)
+    if cal.windows >= enough:
+        return []
+    return [
+        f"calibration timed only {cal.windows} windows, under {CALIBRATION_BATCHES} x engine.batch_size"
+        f" ({enough}): its rate is unreliable; use --calibrate {enough} or more"
+    ]
+
+
 def assumptions(cfg: Config, cal: Calibration | None) -> Assumptions:
     p, ecfg = cfg.plan, cfg.engine
     src: dict[str, str] = {}
@@ -65,6 +81,11 @@ def assumptions(cfg: Config, cal: Calibration | None) -> Assumptions:
         0.0 if ecfg.kind == "hf" and not ecfg.hf.prefix_reuse else CACHING_ENGINES.get(ecfg.kind, 0.0),
         "engine default",
     )
+    if src["prefix_cache"] == "calibration" and cache > 1.0:
+        # A cache can serve a token or two past stage 1's prompt (the turn's closing tokens), so a measured
+        # share can come out a hair above 1: the share is at most the whole prefix.
+        src["prefix_cache"] = f"calibration, measured {cache:.4f}, clamped to 1"
+        cache = 1.0
     if not 0.0 <= cache <= 1.0:
         raise UsageError(f"plan.prefix_cache is a share of the prefix, 0..1; got {cache}")
     tps = wps = None
@@ -227,4 +248,5 @@ def plan_run(cfg: Config, clock: Callable[[], float] = time.perf_counter) -> dic
         "assumptions": {k: v for k, v in asdict(a).items()},
         "calibration": asdict(cal) if cal else None,
         "estimates": estimates(counts, cfg, a),
+        "warnings": calibration_warnings(cfg, cal),
     }

@@ -45,10 +45,12 @@ def render(plan: dict) -> str:
     if cal:
         lines.append(
             f"  calibration: {cal['windows']} windows in {cal['seconds']:.2f} s after a {cal['load_s']:.1f} s load"
-            f" and a warm-up ({cal['warmup_s']:.1f} s more than its work):"
+            f" and a warm-up ({cal['warmup_s']:.1f} s more than its work), on {cal.get('threads', 1)} torch"
+            " thread(s) as an actor:"
             f" {cal['tokens_per_s']:,.0f} tokens/s, {cal['windows_per_s']:.2f} windows/s"
             + (f", {cal['failed_windows']} windows failed" if cal["failed_windows"] else "")
         )
+    lines += [f"  warning: {w}" for w in plan.get("warnings", [])]
     if not plan["estimates"]:
         lines += [
             "",
