@@ -15,6 +15,7 @@ import s3fs
 from rgvlm_ray.cli import main as cli_main
 from rgvlm_ray.config import Config, load_config
 from rgvlm_ray.data import format as fmt
+from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers import build_labeler
 from rgvlm_ray.labeling import cost
 from tests.conftest import S3_BUCKET
@@ -230,7 +231,7 @@ def test_a_measured_share_a_hair_above_1_is_clamped_and_said_and_a_small_calibra
     assert a.prefix_cache == 1.0
     assert "clamped to 1" in a.sources["prefix_cache"] and "1.0005" in a.sources["prefix_cache"]
     # a share set by hand above 1 is still a usage error
-    with pytest.raises(cost.UsageError, match="0..1"):
+    with pytest.raises(UsageError, match="0..1"):
         cost.assumptions(load_config(dotlist=["engine.kind=hf", "plan.prefix_cache=1.2"]), cal)
     # 16 windows are 2 engine batches of 8: under 4, warned; 32 are enough
     warned = cost.calibration_warnings(cfg, cal)
