@@ -50,10 +50,10 @@ def main() -> int:
     run("generate", "--out", "raw", "--episodes", str(args.episodes), "--episodes-per-shard",
         str(max(1, args.episodes // 4)), "--seed", "7", cwd=work)  # fmt: skip
     model = build_model(args.size)
-    common = ["--in", "raw", "--engine", "hf", "--model", model, *settings]
+    common = ["--in", "raw", "--engine", "hf", "--model", model]
     plan_proc, plan_s = run(
         "label", "--plan", *common, "--calibrate", str(args.calibrate), "--json",
-        f"label.max_actors={max(actors)}", cwd=work,
+        *settings, f"label.max_actors={max(actors)}", cwd=work,
     )  # fmt: skip
     plan = json.loads(plan_proc.stdout)
     predicted = {row["actors"]: row["wall_s"] for row in plan["estimates"]}
