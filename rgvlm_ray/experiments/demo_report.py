@@ -116,7 +116,8 @@ The actor's weights over the last training steps (run.json `diagnostics`): an ef
 β·sd(A) below ~0.3 mean nearly flat weights, i.e. behaviour cloning whatever the reward; the weight on steps with a
 non-zero reward, relative to the mean, shows whether rewarded transitions count for more. Training agreement: the
 share of the run's own training states where the policy's most likely action is the one the data took; below 0.97
-the learner did not fit its data ("did not fit"), and its success says little about its reward. Expert agreement:
+the learner did not fit its data ("did not fit"), and its success says little about its reward (on data with random
+actions, as here, only memorising the noise reaches it: read it against the data's own noise). Expert agreement:
 the share of held-out behaviour states where the policy's most likely action is the BabyAI bot's (docs/iql.md).
 
 {_selection(state, evals)}

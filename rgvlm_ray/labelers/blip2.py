@@ -16,9 +16,9 @@ from __future__ import annotations
 import torch
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
-from rgvlm_ray.labelers.clip import potential_columns
-from rgvlm_ray.labelers.columns import error_columns, num_actions, token_free_stats
-from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_device_dtype, text_limit
+from rgvlm_ray.labelers.clip import frame_potential_row
+from rgvlm_ray.labelers.columns import token_free_stats
+from rgvlm_ray.labelers.encoders import encode_goal, load_device_dtype, text_limit
 from rgvlm_ray.labelers.engines.base import chunks
 
 NAME = "blip2"
@@ -73,16 +73,7 @@ class Blip2Labeler:
         return out
 
     def label_row(self, row: dict) -> dict:
-        t = num_actions(row)
-        try:
-            images = episode_images(row, self.lcfg)
-        except ValueError as exc:
-            self.counters["errors"] += 1
-            return error_columns(NAME, t, str(exc), self.fingerprint)
-        m = self.matches(row.get("goal") or "", images)
-        self.counters["frames"] += len(images)
-        self.counters["episodes"] += 1
-        return potential_columns(NAME, m, self.lcfg, self.fingerprint)
+        return frame_potential_row(NAME, row, self.lcfg, self.fingerprint, self.counters, self.matches)
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
         return [self.label_row(r) for r in rows]

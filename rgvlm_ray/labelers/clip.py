@@ -12,6 +12,8 @@ A goal longer than the text encoder's 77 tokens is truncated and counted (encode
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
@@ -62,16 +64,7 @@ class ClipLabeler:
         return sims
 
     def label_row(self, row: dict) -> dict:
-        t = num_actions(row)
-        try:
-            images = episode_images(row, self.lcfg)
-        except ValueError as exc:
-            self.counters["errors"] += 1
-            return error_columns(NAME, t, str(exc), self.fingerprint)
-        s = self.similarities(row.get("goal") or "", images)
-        self.counters["frames"] += len(images)
-        self.counters["episodes"] += 1
-        return potential_columns(NAME, s, self.lcfg, self.fingerprint)
+        return frame_potential_row(NAME, row, self.lcfg, self.fingerprint, self.counters, self.similarities)
 
     def label_rows(self, rows: list[dict]) -> list[dict]:
         return [self.label_row(r) for r in rows]
@@ -81,6 +74,27 @@ class ClipLabeler:
 
     def close(self) -> None:
         self.model = None
+
+
+def frame_potential_row(
+    name: str,
+    row: dict,
+    lcfg: LabelerConfig,
+    fingerprint: str,
+    counters: dict[str, int],
+    score: Callable[[str, list], list[float]],
+) -> dict:
+    """One episode of a per-frame scorer (clip, blip2): score(goal, frames) -> s_0..s_T, as a potential; an
+    episode whose frames cannot be read gets error columns, counted, rather than failing its batch."""
+    try:
+        images = episode_images(row, lcfg)
+    except ValueError as exc:
+        counters["errors"] += 1
+        return error_columns(name, num_actions(row), str(exc), fingerprint)
+    s = score(row.get("goal") or "", images)
+    counters["frames"] += len(images)
+    counters["episodes"] += 1
+    return potential_columns(name, s, lcfg, fingerprint)
 
 
 def potential_columns(name: str, s: list[float], lcfg: LabelerConfig, fingerprint: str) -> dict:

@@ -170,7 +170,8 @@ def diagnostics_table(study: dict[str, Any]) -> str:
         "argmax π is the BabyAI bot's action (the behaviour data's own agreement is in the settings line above). "
         "Fit: the share of the run's own training states where argmax π is the action the data took "
         "(eval.train_agreement_episodes of them); a run below the threshold did not fit its data, and its "
-        "completion says little about its reward.\n"
+        "completion says little about its reward. On data with random actions only memorising the noise reaches the "
+        "threshold: the expert-data ceiling (`bc (expert data)`) is the row where it must hold.\n"
     )
 
 
