@@ -239,3 +239,15 @@ def test_a_measured_share_a_hair_above_1_is_clamped_and_said_and_a_small_calibra
     assert cost.calibration_warnings(cfg, replace(cal, windows=32)) == []
     assert cost.calibration_warnings(cfg, None) == []
     assert [cost.actor_threads(n) for n in (0.25, 0.5, 1, 2.0, 3.5)] == [1, 1, 1, 2, 3]
+
+
+def test_cpu_actors_share_the_cpus_left_after_the_driver():
+    """bench/label_plan.py: two single-threaded actors on 2 CPUs ran 1.28-1.48x faster than one, not 2x."""
+    two = load_config(dotlist=["ray.num_cpus=2", "label.num_cpus_per_actor=0.5"])
+    assert cost.cpu_share(two, 1) == 1.0
+    assert cost.cpu_share(two, 2) == pytest.approx(0.75)  # (2 - 0.5 for the driver) / 2 actor threads
+    assert cost.cpu_share(two, 4) == pytest.approx(1.5 / 4)
+    big = load_config(dotlist=["plan.cluster_cpus=16", "label.num_cpus_per_actor=2"])
+    assert cost.cpu_share(big, 4) == 1.0 and cost.cpu_share(big, 8) == pytest.approx(15.5 / 16)
+    gpu = load_config(dotlist=["ray.num_cpus=2", "label.num_gpus_per_actor=1"])
+    assert cost.cpu_share(gpu, 8) == 1.0

@@ -302,6 +302,10 @@ class PlanConfig:
     processor: str = (
         ""  # processor files to count tokens with; empty: engine.model (a dir or a cached hub id)
     )
+    # CPU actors share the CPUs with the driver, Ray Data's read tasks and the writers: those take about this many
+    # CPUs (measured on cpu-2core, BENCHMARKS.md "Does rgvlm label --plan hold?"). GPU actors are not capped.
+    driver_cpus: float = 0.5
+    cluster_cpus: int | None = None  # CPUs the actors share; None: ray.num_cpus, else this machine's count
     json: bool = False
 
 

@@ -50,6 +50,7 @@ from rgvlm_ray.labeling.cost.estimate import (
     assumptions,
     batch_costs,
     calibration_warnings,
+    cpu_share,
     estimates,
     makespan,
     plan_run,
@@ -60,6 +61,7 @@ from rgvlm_ray.labeling.cost.estimate import (
 from rgvlm_ray.labeling.cost.render import duration, render
 
 __all__ = [
+    "cpu_share",
     "CALIBRATION_BATCHES",
     "actor_threads",
     "calibration_warnings",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import heapq
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
@@ -12,7 +13,7 @@ from rgvlm_ray.config import Config
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers.engines import LVLM_ENGINES
 from rgvlm_ray.labelers.labeler import check_config, labeler_fingerprint
-from rgvlm_ray.labeling.cost.calibrate import Calibration, calibrate
+from rgvlm_ray.labeling.cost.calibrate import Calibration, actor_threads, calibrate
 from rgvlm_ray.labeling.cost.count import Counts, EpisodeCount, TokenCounter, count, load_counting_processor
 from rgvlm_ray.labeling.plan import input_shards, with_canonical_roots
 
@@ -144,15 +145,29 @@ def actor_counts(max_actors: int) -> list[int]:
     return sorted({1, max(1, max_actors)} | {2**k for k in range(1, 12) if 2**k < max_actors})
 
 
+def cpu_share(cfg: Config, actors: int) -> float:
+    """The share of its measured speed each CPU actor keeps when `actors` of them run: their torch threads share
+    the CPUs left after the driver, the read tasks and the writers (plan.driver_cpus). The calibration ran one
+    actor's threads alone, so 1.0 while they fit. On cpu-2core two single-threaded actors ran 1.28-1.48x faster
+    than one, not 2x (BENCHMARKS.md). GPU actors: 1.0."""
+    if cfg.label.num_gpus_per_actor > 0:
+        return 1.0
+    cpus = cfg.plan.cluster_cpus or cfg.ray.num_cpus or os.cpu_count() or 1
+    threads = actor_threads(cfg.label.num_cpus_per_actor)
+    free = max(float(threads), cpus - cfg.plan.driver_cpus)
+    return min(1.0, free / (actors * threads))
+
+
 def estimates(counts: Counts, cfg: Config, a: Assumptions) -> list[dict]:
     if a.tokens_per_s is None and a.windows_per_s is None:
         return []
     gpus = cfg.label.num_gpus_per_actor
     rows = []
     for n in actor_counts(cfg.label.max_actors):
-        row: dict = {"actors": n, "gpus": n * gpus}
+        share = cpu_share(cfg, n)
+        row: dict = {"actors": n, "gpus": n * gpus, "cpu_share": round(share, 3)}
         for suffix, cache in (("", a.prefix_cache), ("_without_prefix_cache", 0.0)):
-            wall = a.startup_s + makespan(batch_costs(counts, cfg, a, cache, n), n)
+            wall = a.startup_s + makespan(batch_costs(counts, cfg, a, cache, n), n) / share
             row[f"wall_s{suffix}"] = round(wall, 3)
             row[f"actor_hours{suffix}"] = round(wall * n / 3600, 4)
             row[f"gpu_hours{suffix}"] = round(wall * n * gpus / 3600, 4)

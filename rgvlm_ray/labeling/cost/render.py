@@ -71,4 +71,10 @@ def render(plan: dict) -> str:
             f"  {e['actors']:6d} {e['gpus']:6g} {duration(e['wall_s']):>12s} {e['actor_hours']:12.3f}"
             f" {e['gpu_hours']:10.3f} {duration(e['wall_s_without_prefix_cache']):>16s}"
         )
+    capped = [e for e in plan["estimates"] if e.get("cpu_share", 1.0) < 1.0]
+    if capped:
+        lines.append(
+            f"  CPU actors from {capped[0]['actors']} on share the CPUs left after the driver (plan.driver_cpus): "
+            + ", ".join(f"{e['actors']} at {e['cpu_share']:.0%} speed" for e in capped)
+        )
     return "\n".join(lines)
