@@ -18,7 +18,7 @@ import torch
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.labelers.clip import frame_potential_row
 from rgvlm_ray.labelers.columns import token_free_stats
-from rgvlm_ray.labelers.encoders import encode_goal, load_device_dtype, text_limit
+from rgvlm_ray.labelers.encoders import encode_goal, load_encoder, text_limit
 from rgvlm_ray.labelers.engines.base import chunks
 
 NAME = "blip2"
@@ -28,15 +28,10 @@ class Blip2Labeler:
     name = NAME
 
     def __init__(self, ecfg: EngineConfig, lcfg: LabelerConfig, fingerprint: str) -> None:
-        from transformers import AutoProcessor, Blip2ForImageTextRetrieval
+        from transformers import Blip2ForImageTextRetrieval
 
         self.ecfg, self.lcfg, self.fingerprint = ecfg, lcfg, fingerprint
-        self.device, dtype = load_device_dtype(ecfg)
-        self.processor = AutoProcessor.from_pretrained(ecfg.model, revision=ecfg.revision)
-        self.model = Blip2ForImageTextRetrieval.from_pretrained(
-            ecfg.model, revision=ecfg.revision, dtype=dtype
-        ).to(self.device)
-        self.model.eval()
+        self.device, self.processor, self.model = load_encoder(Blip2ForImageTextRetrieval, ecfg)
         config = self.model.config
         self.max_text_tokens = text_limit(
             self.processor.tokenizer, config.qformer_config.max_position_embeddings

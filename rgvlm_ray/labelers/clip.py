@@ -18,7 +18,7 @@ import torch
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions, token_free_stats
-from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_device_dtype, text_limit
+from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_encoder, text_limit
 from rgvlm_ray.labelers.engines.base import chunks
 
 NAME = "clip"
@@ -33,15 +33,10 @@ class ClipLabeler:
     name = NAME
 
     def __init__(self, ecfg: EngineConfig, lcfg: LabelerConfig, fingerprint: str) -> None:
-        from transformers import AutoProcessor, CLIPModel
+        from transformers import CLIPModel
 
         self.ecfg, self.lcfg, self.fingerprint = ecfg, lcfg, fingerprint
-        self.device, dtype = load_device_dtype(ecfg)
-        self.processor = AutoProcessor.from_pretrained(ecfg.model, revision=ecfg.revision)
-        self.model = CLIPModel.from_pretrained(ecfg.model, revision=ecfg.revision, dtype=dtype).to(
-            self.device
-        )
-        self.model.eval()
+        self.device, self.processor, self.model = load_encoder(CLIPModel, ecfg)
         self.max_text_tokens = text_limit(
             self.processor.tokenizer, self.model.config.text_config.max_position_embeddings
         )

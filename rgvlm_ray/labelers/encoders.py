@@ -8,6 +8,8 @@ summary.json (labeling/job.py). `labeler.max_goal_chars` applies first, as for t
 
 from __future__ import annotations
 
+from typing import Any
+
 from PIL import Image
 
 from rgvlm_ray.config import EngineConfig, LabelerConfig
@@ -52,3 +54,15 @@ def load_device_dtype(ecfg: EngineConfig):
 
     device = resolve_device(ecfg.device)
     return device, resolve_dtype(ecfg.dtype, device)
+
+
+def load_encoder(model_class: type, ecfg: EngineConfig) -> tuple[Any, Any, Any]:
+    """(device, processor, model in eval mode) for `engine.model`, a hub id or a saved folder alike: the one
+    loading path of clip, blip2 and roboclip."""
+    from transformers import AutoProcessor
+
+    device, dtype = load_device_dtype(ecfg)
+    processor = AutoProcessor.from_pretrained(ecfg.model, revision=ecfg.revision)
+    model = model_class.from_pretrained(ecfg.model, revision=ecfg.revision, dtype=dtype).to(device)
+    model.eval()
+    return device, processor, model

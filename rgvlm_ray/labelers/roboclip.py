@@ -31,7 +31,7 @@ from rgvlm_ray.config import EngineConfig, LabelerConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelers.columns import error_columns, label_columns, num_actions, token_free_stats
-from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_device_dtype, text_limit
+from rgvlm_ray.labelers.encoders import encode_goal, episode_images, load_encoder, text_limit
 from rgvlm_ray.labelers.engines.base import chunks
 from rgvlm_ray.labelers.images import decode_frames
 from rgvlm_ray.labelers.windows import make_windows
@@ -79,15 +79,10 @@ class RoboCLIPLabeler:
     name = NAME
 
     def __init__(self, ecfg: EngineConfig, lcfg: LabelerConfig, fingerprint: str) -> None:
-        from transformers import AutoProcessor, XCLIPModel
+        from transformers import XCLIPModel
 
         self.ecfg, self.lcfg, self.fingerprint = ecfg, lcfg, fingerprint
-        self.device, dtype = load_device_dtype(ecfg)
-        self.processor = AutoProcessor.from_pretrained(ecfg.model, revision=ecfg.revision)
-        self.model = XCLIPModel.from_pretrained(ecfg.model, revision=ecfg.revision, dtype=dtype).to(
-            self.device
-        )
-        self.model.eval()
+        self.device, self.processor, self.model = load_encoder(XCLIPModel, ecfg)
         self.num_frames = self.model.config.vision_config.num_frames
         self.max_text_tokens = text_limit(
             self.processor.tokenizer, self.model.config.text_config.max_position_embeddings
