@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 QWEN_SPECIAL = [
     "<|endoftext|>",
@@ -142,15 +143,24 @@ def build_qwen2_vl(
     return out
 
 
-def build_clip(out: str | Path, seed: int = 0) -> Path:
-    import torch
+TINY_VISION = {  # the vision tower of the tiny CLIP and X-CLIP
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "image_size": 32,
+    "patch_size": 8,
+}
+
+
+def clip_text_side() -> tuple[Any, dict]:
+    """The text side the tiny CLIP and X-CLIP share: a local BPE tokenizer whose encodings end in <|endoftext|>
+    (both pool the text at that token, the highest id in the real vocabularies) and a 2-layer text tower."""
     from tokenizers.processors import TemplateProcessing
-    from transformers import CLIPConfig, CLIPModel, CLIPProcessor, PreTrainedTokenizerFast
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+    from transformers import PreTrainedTokenizerFast
 
     raw = train_tokenizer(CLIP_SPECIAL)
     bos, eos = raw.token_to_id("<|startoftext|>"), raw.token_to_id("<|endoftext|>")
-    # CLIP pools the text at its end-of-text token, so every encoding must carry one.
     raw.post_processor = TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
@@ -162,27 +172,30 @@ def build_clip(out: str | Path, seed: int = 0) -> Path:
         pad_token="<|endoftext|>",
     )
     tokenizer.model_max_length = 77
+    text_config = {
+        "vocab_size": len(tokenizer),
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "pad_token_id": eos,
+    }
+    return tokenizer, text_config
+
+
+def build_clip(out: str | Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    tokenizer, text_config = clip_text_side()
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     config = CLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-        },
+        text_config=text_config,
+        vision_config=TINY_VISION,
         projection_dim=16,
     )
     torch.manual_seed(seed)
@@ -274,49 +287,20 @@ def build_xclip(out: str | Path, seed: int = 0, num_frames: int = 8) -> Path:
     the real one. Video frames go through `VideoMAEImageProcessorPil` (the stock VideoMAEImageProcessor needs
     torchvision)."""
     import torch
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast, XCLIPConfig, XCLIPModel, XCLIPProcessor
+    from transformers import XCLIPConfig, XCLIPModel, XCLIPProcessor
     from transformers.models.videomae.image_processing_pil_videomae import VideoMAEImageProcessorPil
 
-    raw = train_tokenizer(CLIP_SPECIAL)
-    bos, eos = raw.token_to_id("<|startoftext|>"), raw.token_to_id("<|endoftext|>")
-    # X-CLIP, like CLIP, pools the text at its end-of-text token (the highest id in the real vocabulary).
-    raw.post_processor = TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>",
-        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)],
-    )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=raw,
-        bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>",
-    )
-    tokenizer.model_max_length = 77
+    tokenizer, text_config = clip_text_side()
     image_processor = VideoMAEImageProcessorPil(
         size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
     )
     config = XCLIPConfig(
-        text_config={
-            "vocab_size": len(tokenizer),
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "max_position_embeddings": 77,
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": eos,
-        },
+        text_config=text_config,
         vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
+            **TINY_VISION,
             "mit_hidden_size": 16,
             "mit_intermediate_size": 32,
             "mit_num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
             "num_frames": num_frames,
         },
         projection_dim=16,
