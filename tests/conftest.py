@@ -35,7 +35,16 @@ def ray_cluster() -> Iterator[None]:
     import ray
 
     tmp = tempfile.mkdtemp(prefix="rgvlm-ray-")
-    ray.init(num_cpus=2, include_dashboard=False, _temp_dir=tmp, log_to_driver=False)
+    # Ray keeps at most num_cpus idle task workers and kills the rest after 1 s idle; the suite's fractional-CPU
+    # tasks (generate, evaluate, Ray Data) then start new workers that import torch, pyarrow and rgvlm again.
+    # Eight warm workers took the tiny study from 117 s to 95 s (issue 25); actors are not affected.
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        _temp_dir=tmp,
+        log_to_driver=False,
+        _system_config={"num_workers_soft_limit": 8},
+    )
     yield
     ray.shutdown()
 
@@ -91,37 +100,36 @@ def s3_env(s3_server: StorageConfig, monkeypatch: pytest.MonkeyPatch) -> Storage
 
 # `--shard I/N` (tests/shards.py, `make test`): run only the files bin-packed into shard I of N. The suite mostly
 # waits on Ray Train and Ray Data start-up and CLI processes, so two pytest processes, each with its own session
-# cluster, cut the wall time. Weights: seconds per file on a quiet cpu-2core, estimated from `--durations=0` runs on
-# the shared 2-core dev machine under load (2026-12-05, issue 25: measured seconds / 2.5, BENCHMARKS.md "Test suite");
-# minari, pipeline_label and pipeline_report were not re-measured and keep their earlier estimates. Only their
-# ratios matter to the packing. A file not listed weighs 10.
+# cluster, cut the wall time. Weights: seconds per file from `--durations=0` of `make test` on a quiet 2-core
+# machine (2026-12-05, issue 25, BENCHMARKS.md "Test suite"), both shards running side by side. Files under 8 s
+# are not listed and weigh 8; only the weights' ratios matter to the packing.
 SHARD_WEIGHTS = {
-    "test_study.py": 185,
-    "test_label_others.py": 140,  # issue 26: 347 s under load (helper's runs) / 2.5
-    "test_label_store.py": 135,
-    "test_label_paths.py": 110,
-    "test_jobs.py": 90,
-    "test_s3_timeouts.py": 40,  # issue 24: ~60 s under load / 2.5 (+ proxy waits)
-    "test_minari.py": 90,
-    "test_demo.py": 85,
-    "test_iql_train.py": 80,
-    "test_label_faults.py": 80,
-    "test_pipeline_label.py": 60,
-    "test_iql_evaluate.py": 40,
-    "test_pipeline_report.py": 40,
-    "test_iql_learning.py": 30,
-    "test_label_openai_serve.py": 30,
-    "test_label_plan.py": 30,
-    "test_label_tidy.py": 30,
-    "test_lerobot.py": 25,
-    "test_bad_input.py": 20,
-    "test_behaviour.py": 20,
-    "test_label_exits.py": 15,
-    # issue 24 and 27 files, from their authors' runs under load / 2.5
-    "test_paths_unicode.py": 76,
-    "test_fuzz_format.py": 60,
-    "test_small_points.py": 40,
-    "test_mission_pool.py": 25,
+    "test_study.py": 223,
+    "test_label_store.py": 165,
+    "test_pipeline_label.py": 147,
+    "test_iql_train.py": 131,
+    "test_label_paths.py": 129,
+    "test_jobs.py": 124,
+    "test_label_others.py": 123,
+    "test_lerobot.py": 115,
+    "test_demo.py": 108,
+    "test_paths_unicode.py": 82,
+    "test_label_faults.py": 65,
+    "test_minari.py": 50,
+    "test_bad_input.py": 48,
+    "test_label_tidy.py": 46,
+    "test_fuzz_format.py": 40,
+    "test_s3_timeouts.py": 38,
+    "test_behaviour.py": 36,
+    "test_label_openai_serve.py": 26,
+    "test_iql_losses.py": 24,
+    "test_iql_learning.py": 24,
+    "test_label_exits.py": 24,
+    "test_iql_evaluate.py": 21,
+    "test_small_points.py": 19,
+    "test_mission_pool.py": 15,
+    "test_generate_cli.py": 11,
+    "test_noisy_oracle.py": 11,
 }
 
 
@@ -133,10 +141,10 @@ def shard_of(files: list[str], shards: int) -> dict[str, int]:
     """Greedy bin packing, heaviest file first: the same files always land in the same shard."""
     load = [0] * shards
     where = {}
-    for name in sorted(files, key=lambda f: (-SHARD_WEIGHTS.get(f, 10), f)):
+    for name in sorted(files, key=lambda f: (-SHARD_WEIGHTS.get(f, 8), f)):
         i = load.index(min(load))
         where[name] = i
-        load[i] += SHARD_WEIGHTS.get(name, 10)
+        load[i] += SHARD_WEIGHTS.get(name, 8)
     return where
 
 

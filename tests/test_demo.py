@@ -15,7 +15,7 @@ def test_demo_writes_report_with_tables_and_plots(ray_cluster, tmp_path, capsys)
         "run", "--config", "local", "--out", str(out), "--episodes", "12", "--steps", "4",
         "--episodes-per-k", "1", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
         f"run.rewards=[{','.join(arms.values())}]", "train.checkpoint_every=4", "train.log_every=2",
-        "iql.batch_size=32", "eval.max_steps=40",
+        "iql.batch_size=32", "eval.max_steps=40", "eval.agreement_episodes_per_k=1",
         "engine.max_new_tokens_analysis=4",  # the tiny VLM's words are noise: only that it labels is checked
     ]  # fmt: skip
     assert main(args) == 0

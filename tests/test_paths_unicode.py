@@ -87,7 +87,7 @@ def test_study_takes_non_ascii_paths_with_spaces(root, monkeypatch, capsys):
     args = [
         "study", "--in", rel("raw data"), "--out", rel("stüdy ä/"), "--seeds", "1", "--steps", "2",
         "--episodes-per-k", "1", "study.labelers=[]", "study.splits=[seen]", "study.contexts=[]",
-        "study.baselines=[]", "study.expert_ceiling=false", "study.curve_arms=[]", "eval.max_steps=10",
+        "study.baselines=[]", "study.expert_ceiling=false", "study.curve_arms=[]", "eval.max_steps=10", "eval.agreement_episodes_per_k=1",
         "iql.batch_size=8", "iql.context=2", "train.workers=1",
     ]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err[-3000:]

@@ -265,10 +265,10 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
         "study", "--config", "local", "--out", str(out), "--seeds", "2", "--steps", "4", "--episodes-per-k", "1",
         "generate.episodes=12", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
         "study.labelers=[oracle,clip]", f"study.clip_model={tmp_path / 'no-such-clip'}",  # clip fails to load
-        "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=4",
+        "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=5",
         "study.baselines=[]", "study.expert_ceiling=true", "study.curve_points=2",
         "label.max_restarts=0",
-        "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30",
+        "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30", "eval.agreement_episodes_per_k=1",
         "train.checkpoint_every=4", "train.log_every=2",
     ]  # fmt: skip
     rc = main(args)
@@ -329,7 +329,7 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     for png in ("seen_by_k.png", "rho_vs_success_seen.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert study["timing"]["trainings_run"] == 5
-    assert study["timing"]["max_concurrent_trainings"] >= 2  # the trainings overlapped (4 threads, 4 runs)
+    assert study["timing"]["max_concurrent_trainings"] >= 2  # the trainings overlapped (5 threads, 5 runs)
 
     # A rerun trains and evaluates nothing: every run is finished and every eval.json matches its checkpoint.
     # The reruns leave out the broken labeler (it had no arms, so the plan is the same): its failure is checked

@@ -331,7 +331,7 @@ def train(cfg: Config) -> dict:
 
 def fit(cfg: Config, name: str, storage_path: str, fs: Any, transitions: Any, vocab: Vocab, run_meta: dict,
         use_gpu: bool, cpus: float) -> Any:  # fmt: skip
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.train
@@ -348,6 +348,9 @@ def fit(cfg: Config, name: str, storage_path: str, fs: Any, transitions: Any, vo
             checkpoint_config=CheckpointConfig(num_to_keep=t.keep_checkpoints),
         ),
         datasets={"train": transitions},
+        # One worker reads the whole dataset anyway: unsplit, its shard is read in the worker itself, without
+        # Ray Data's split coordinator (an actor of its own, a process start each run).
+        dataset_config=DataConfig(datasets_to_split=[] if t.workers == 1 else "all"),
     )
     log.info("training: %d worker(s), %.2g CPU each, GPU %s -> %s", t.workers, cpus, use_gpu, t.out_path)
     return trainer.fit()
