@@ -392,7 +392,15 @@ def run_command(argv: list[str]) -> int:
         print(f"rgvlm {argv[0]}: not available yet in this version of rgvlm-ray.", file=sys.stderr)
         return 2
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse gives a `key=value` positional list one stretch of argv: overrides after a later flag
+    # (`--steps 10 iql.lr=1e-3 --reward sparse train.seed=1`) came back "unrecognized". Any left-over `key=value`
+    # joins the overrides, in argv order; anything else left over is still an error.
+    args, rest = parser.parse_known_args(argv)
+    extra = [r for r in rest if "=" in r and not r.startswith("-")]
+    if len(extra) < len(rest):
+        parser.error(f"unrecognized arguments: {' '.join(r for r in rest if r not in extra)}")
+    if extra:
+        args.overrides = [*getattr(args, "overrides", []), *extra]
     if not args.command:
         parser.print_help()
         return 2

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rgvlm_ray.cli import main
 from rgvlm_ray.data import format as fmt
 from tests.conftest import S3_BUCKET
@@ -74,3 +76,15 @@ def test_inspect_reports_validation_errors(ray_cluster, tmp_path, capsys):
     assert "broken.parquet: cannot read Parquet" in printed.out
     assert "broken.parquet: cannot read Parquet" in printed.err and len(printed.err.splitlines()) == 1
     assert main(["inspect", str(tmp_path / "nothing-here")]) == 2
+
+
+def test_overrides_may_sit_between_flags(ray_cluster, tmp_path, capsys):
+    """`key=value` before and after later flags all apply; an unknown flag is still refused."""
+    out = str(tmp_path / "d")
+    argv = ["generate", "generate.seed=3", "--out", out, "generate.subtasks=2", "--episodes", "2"]
+    assert main([*argv, "generate.episodes_per_shard=1"]) == 0
+    summary = _last_json(capsys)
+    assert summary["episodes_by_k"] == {"2": 2} and summary["shards"] == 2
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit, as for any unknown flag
+        main(["generate", "--out", out, "a.b=1", "--episodes", "2", "--bogus"])
+    assert stop.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err

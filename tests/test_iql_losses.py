@@ -195,6 +195,33 @@ def test_update_moves_target_by_tau_and_trains_every_head() -> None:
     assert all(p.grad is not None for p in net.parameters())
 
 
+def test_warm_up_ramps_every_lr_and_cosine_still_ends_the_actors_at_zero() -> None:
+    cfg = IQLConfig(hidden=32, embed_dim=8, lr=1e-3, warmup_steps=4)
+    net = IQLNet(ModelSpec("symbolic", 5, 7, cfg.hidden, cfg.embed_dim, "gru", context=1))
+    opt, sched = make_optimizer(net, cfg, 10)
+    lrs = []
+    for _ in range(10):
+        lrs.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    assert [round(c, 6) for c, _ in lrs[:5]] == [2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3]  # critic: ramp, then flat
+    assert lrs[1][1] < lrs[1][0] and lrs[3][1] < 1e-3  # actor: ramp times cosine
+    assert sched.lr_lambdas[1](10) == 0.0
+
+
+def test_grad_clip_bounds_the_global_norm_of_the_step() -> None:
+    torch.manual_seed(0)
+    cfg = IQLConfig(hidden=32, embed_dim=8, batch_size=16, grad_clip=1e-3)
+    net = IQLNet(ModelSpec("symbolic", 5, 7, cfg.hidden, cfg.embed_dim, "gru", context=1))
+    target = target_heads(net)
+    opt, sched = make_optimizer(net, cfg, 10)
+    iql_update(net, net, target, opt, sched, _one_state_buffer(1.0, 1.0).sample(16, 1), cfg)
+    norm = torch.linalg.vector_norm(
+        torch.stack([p.grad.norm() for p in net.parameters() if p.grad is not None])
+    )
+    assert norm <= 1e-3 * (1 + 1e-4)
+
+
 @pytest.mark.parametrize(("done", "expected"), [(1.0, 1.0), (0.0, 1.0 / (1 - 0.5))])
 def test_update_learns_the_value_of_a_one_state_mdp(done: float, expected: float) -> None:
     """r = 1 forever in one state: Q -> 1 if every step is terminal, else 1 / (1 - gamma)."""

@@ -30,8 +30,10 @@ class IQLConfig:
     weighting: str = "exp"  # exp: exp(beta * A) (IQL) | binary: 1[A > 0] (CRR's filter)
     filter_top: float = 0.1  # filtered_bc: share of episodes kept, by return under train.reward
     tau: float = 0.005  # Polyak rate of the target Q; paper, CORL
-    lr: float = 3e-4  # paper, CORL (BOSS/SPRINT ALFRED: 5e-5, for far longer runs)
+    lr: float = 1e-3  # CORL: 3e-4; 1e-3 fits in a quarter of the updates (bench/iql_fit.py, docs/iql.md)
     actor_cosine: bool = True  # CORL: cosine decay of the actor's lr over train.steps
+    warmup_steps: int = 0  # linear warm-up of every lr over this many updates (0: none; bench/iql_fit.py)
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; bench/iql_fit.py)
     batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
     actor_trains_encoder: bool = True  # the policy loss trains the shared encoder too (docs/iql.md)
     # Q in V's target and the advantage: target (Polyak heads, paper) | online (detached online heads; docs/iql.md)

@@ -229,6 +229,10 @@ def validate(cfg: Config) -> None:
     ):
         if value not in allowed:
             raise UsageError(f"iql.{key} must be one of {allowed}, got {value!r}")
+    if i.warmup_steps < 0 or not i.grad_clip >= 0:
+        raise UsageError(
+            f"iql.warmup_steps and iql.grad_clip must be >= 0 (0: off), got {i.warmup_steps}, {i.grad_clip}"
+        )
     if not 0 < i.filter_top <= 1:
         raise UsageError(f"iql.filter_top must be in (0, 1], got {i.filter_top}")
     if i.null_reward not in NULL_RULES:

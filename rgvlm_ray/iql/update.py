@@ -162,10 +162,14 @@ def make_optimizer(
     optimizer = torch.optim.Adam([{"params": critic}, {"params": actor}], lr=cfg.lr)
     steps = max(total_steps, 1)
 
-    def actor_factor(step: int) -> float:
-        return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)) if cfg.actor_cosine else 1.0
+    def warmup(step: int) -> float:
+        return min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [lambda _: 1.0, actor_factor])
+    def actor_factor(step: int) -> float:
+        cosine = 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps)) if cfg.actor_cosine else 1.0
+        return warmup(step) * cosine
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [warmup, actor_factor])
     return optimizer, scheduler
 
 
@@ -222,6 +226,8 @@ def iql_update(
     loss = policy_loss if cfg.learner != "iql" else v_loss + q_loss + policy_loss
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
