@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import platform
 import sys
@@ -22,13 +21,11 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import boto3  # noqa: E402
 import ray  # noqa: E402
 
 from rgvlm_ray import storage  # noqa: E402
-from rgvlm_ray.config import StorageConfig  # noqa: E402
 from rgvlm_ray.data import format as fmt  # noqa: E402
-from tests.conftest import _free_port  # noqa: E402
+from tests.conftest import start_moto  # noqa: E402
 from tests.helpers import generated_table  # noqa: E402
 from tests.s3_proxy import FaultProxy, fault_run  # noqa: E402
 
@@ -42,22 +39,7 @@ def main() -> None:
     parser.add_argument("--trace", default="", help="write each run's failed requests and stderr here")
     parser.add_argument("--limit", type=float, default=600, help="kill a run this long after the fault")
     args, extra = parser.parse_known_args()
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    direct = StorageConfig(
-        endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", access_key_id="t", secret_access_key="t"
-    )
-    boto3.client(
-        "s3",
-        endpoint_url=direct.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    ).create_bucket(Bucket=BUCKET)
+    moto, direct = start_moto(BUCKET)
     proxy = FaultProxy(direct.endpoint_url or "", lifetime_s=3600, hang_s=3600).start()
     src = f"s3://{BUCKET}/raw"
     table = generated_table(episodes=12, subtasks="1-2")

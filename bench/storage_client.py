@@ -10,7 +10,6 @@ settings, as now), and `exists` alone on one client. Prints milliseconds per cal
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import platform
 import sys
@@ -19,12 +18,10 @@ from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import boto3  # noqa: E402
 import fsspec  # noqa: E402
 
 from rgvlm_ray import storage  # noqa: E402
-from rgvlm_ray.config import StorageConfig  # noqa: E402
-from tests.conftest import _free_port  # noqa: E402
+from tests.conftest import start_moto  # noqa: E402
 
 BUCKET = "rgvlm-bench"
 
@@ -41,22 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--calls", type=int, default=40)
     args = parser.parse_args()
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    port = _free_port()
-    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    moto.start()
-    cfg = StorageConfig(
-        endpoint_url=f"http://127.0.0.1:{port}", region="us-east-1", access_key_id="t", secret_access_key="t"
-    )
-    boto3.client(
-        "s3",
-        endpoint_url=cfg.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="t",
-        aws_secret_access_key="t",
-    ).create_bucket(Bucket=BUCKET)
+    moto, cfg = start_moto(BUCKET)
     url = f"s3://{BUCKET}/bench/a.txt"
     fs, path = storage.get_fs(url, cfg)
     fs.pipe(path, b"x")

@@ -7,6 +7,7 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -49,9 +50,9 @@ def ray_cluster() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[StorageConfig]:
-    """A real S3 API (moto's server) on loopback; credentials are fake and passed explicitly."""
+def start_moto(bucket: str) -> tuple[Any, StorageConfig]:
+    """A real S3 API (moto's server) on a free loopback port with `bucket` made: (server, settings to reach it).
+    Credentials are fake and passed explicitly. Shared by the session fixture and the S3 benchmarks."""
     from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -64,15 +65,27 @@ def s3_server() -> Iterator[StorageConfig]:
         access_key_id="testing",
         secret_access_key="testing",
     )
+    s3_client(cfg).create_bucket(Bucket=bucket)
+    return server, cfg
+
+
+def s3_client(cfg: StorageConfig) -> Any:
+    """A plain boto3 client on the same server: another writer than the code under test."""
     import boto3
 
-    boto3.client(
+    return boto3.client(
         "s3",
         endpoint_url=cfg.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).create_bucket(Bucket=S3_BUCKET)
+        region_name=cfg.region,
+        aws_access_key_id=cfg.access_key_id,
+        aws_secret_access_key=cfg.secret_access_key,
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[StorageConfig]:
+    """A real S3 API (moto's server) on loopback for the whole session."""
+    server, cfg = start_moto(S3_BUCKET)
     yield cfg
     server.stop()
 

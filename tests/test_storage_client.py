@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import boto3
-
 from rgvlm_ray import storage
 from rgvlm_ray.config import StorageConfig
-from tests.conftest import S3_BUCKET
+from tests.conftest import S3_BUCKET, s3_client
 
 
 def test_one_client_per_settings(s3_server: StorageConfig):
@@ -28,13 +26,7 @@ def test_a_cached_client_sees_what_others_wrote_since(s3_server: StorageConfig):
     fs, p = storage.get_fs(folder, s3_server)
     fs.pipe_file(f"{p}/first.txt", b"1")
     assert [x.rsplit("/", 1)[-1] for x in fs.ls(p)] == ["first.txt"]
-    boto3.client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    ).put_object(Bucket=S3_BUCKET, Key="client/fresh/second.txt", Body=b"22")
+    s3_client(s3_server).put_object(Bucket=S3_BUCKET, Key="client/fresh/second.txt", Body=b"22")
     fs, p = storage.get_fs(folder, s3_server)
     assert sorted(x.rsplit("/", 1)[-1] for x in fs.ls(p)) == ["first.txt", "second.txt"]
     assert fs.exists(f"{p}/second.txt")
