@@ -143,7 +143,7 @@ def build_qwen2_vl(
     return out
 
 
-TINY_VISION = {  # the vision tower of the tiny CLIP and X-CLIP
+TINY_VISION = {  # the vision tower of the tiny CLIP, X-CLIP and BLIP-2
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
@@ -238,16 +238,9 @@ def build_blip2(out: str | Path, seed: int = 0) -> Path:
     image_processor = BlipImageProcessorPil(size={"height": 32, "width": 32})
     processor = Blip2Processor(image_processor, tokenizer, num_query_tokens=num_query_tokens)
     config = Blip2Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "image_size": 32,
-            "patch_size": 8,
-            # Blip2VisionConfig's default (1e-10) leaves a random tower nearly zero: every frame would look alike.
-            "initializer_range": 0.02,
-        },
+        # Blip2VisionConfig's default initializer_range (1e-10) leaves a random tower nearly zero: every frame
+        # would look alike.
+        vision_config={**TINY_VISION, "initializer_range": 0.02},
         qformer_config={
             "vocab_size": len(processor.tokenizer),
             "hidden_size": 32,
