@@ -1,7 +1,7 @@
 """How many updates and CPU-seconds `bc` needs to fit noise-free expert data, per optimiser variant (issue 23).
 
     .venv/bin/python bench/iql_fit.py                       # 300 episodes, context 8, every variant, 1 thread
-    .venv/bin/python bench/iql_fit.py --variants lr1e-3 --episodes 1200
+    .venv/bin/python bench/iql_fit.py --variants lr1e-3,cos1e-3 --budgets 1500,3000,6000 --episodes 1200
 
 The data: noise-free bot episodes of k = 1..6 (`generate.expert_noise=0`, no detours or abandons), as the study's
 BC ceiling trains on. The learner: `iql.learner=bc` at the default model, trained in this process (no Ray), one
@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from rgvlm_ray.config import load_config  # noqa: E402
+from rgvlm_ray.config import Config, load_config  # noqa: E402
 from rgvlm_ray.data.generate import build_shard, episode_plan  # noqa: E402
 from rgvlm_ray.iql.agreement import FIT_THRESHOLD, expert_agreement, table_episodes  # noqa: E402
 from rgvlm_ray.iql.data import load_buffer, to_transitions  # noqa: E402
@@ -37,26 +37,17 @@ from rgvlm_ray.iql.trainer import model_spec  # noqa: E402
 from rgvlm_ray.iql.update import iql_update, make_optimizer  # noqa: E402
 from rgvlm_ray.iql.vocab import Vocab  # noqa: E402
 
-# name -> (iql overrides, cosine budgets or None for a constant-lr run read at every evaluation)
-VARIANTS: dict[str, dict[str, Any]] = {
-    "default (lr 3e-4, cosine)": {"overrides": {}, "cosine": True},
-    "lr 3e-4 constant": {"overrides": {"actor_cosine": False}},
-    "lr 1e-3 constant": {"overrides": {"lr": 1e-3, "actor_cosine": False}},
-    "lr 1e-3 warm-up 200": {"overrides": {"lr": 1e-3, "actor_cosine": False, "warmup_steps": 200}},
-    "lr 1e-3 clip 1.0": {"overrides": {"lr": 1e-3, "actor_cosine": False, "grad_clip": 1.0}},
-    "lr 1e-3 batch 512": {"overrides": {"lr": 1e-3, "actor_cosine": False, "batch_size": 512}},
-    "lr 3e-3 constant": {"overrides": {"lr": 3e-3, "actor_cosine": False}},
-    "lr 1e-3 cosine": {"overrides": {"lr": 1e-3}, "cosine": True},
-}
-SHORT = {
-    "default": "default (lr 3e-4, cosine)",
-    "lr3e-4": "lr 3e-4 constant",
-    "lr1e-3": "lr 1e-3 constant",
-    "warmup": "lr 1e-3 warm-up 200",
-    "clip": "lr 1e-3 clip 1.0",
-    "batch512": "lr 1e-3 batch 512",
-    "lr3e-3": "lr 3e-3 constant",
-    "cos1e-3": "lr 1e-3 cosine",
+# short name -> (what the table calls it, IQLConfig overrides, cosine). Constant-lr variants are read every
+# --eval-every updates inside one run; cosine variants train once per --budgets entry.
+VARIANTS: dict[str, tuple[str, dict[str, Any], bool]] = {
+    "cos3e-4": ("lr 3e-4 cosine (the default before issue 23)", {"lr": 3e-4}, True),
+    "lr3e-4": ("lr 3e-4 constant", {"lr": 3e-4, "actor_cosine": False}, False),
+    "lr1e-3": ("lr 1e-3 constant", {"lr": 1e-3, "actor_cosine": False}, False),
+    "warmup": ("lr 1e-3 warm-up 200", {"lr": 1e-3, "actor_cosine": False, "warmup_steps": 200}, False),
+    "clip": ("lr 1e-3 clip 1.0", {"lr": 1e-3, "actor_cosine": False, "grad_clip": 1.0}, False),
+    "batch512": ("lr 1e-3 batch 512", {"lr": 1e-3, "actor_cosine": False, "batch_size": 512}, False),
+    "lr3e-3": ("lr 3e-3 constant", {"lr": 3e-3, "actor_cosine": False}, False),
+    "cos1e-3": ("lr 1e-3 cosine", {"lr": 1e-3}, True),
 }
 
 
@@ -76,21 +67,24 @@ def expert_table(episodes: int, seed: int) -> Any:
 
 
 def train_and_read(
-    table: Any, vocab: Vocab, iql: Any, steps: int, read_at: list[int], seed: int, stop_at: float = 2.0
+    buffer: Any,
+    episodes: list[dict[str, Any]],
+    vocab: Vocab,
+    cfg: Config,
+    steps: int,
+    read_at: list[int],
+    seed: int,
+    stop_at: float = 2.0,
 ) -> list[tuple[int, float, float]]:
-    """Train `steps` bc updates; (updates, agreement, CPU-seconds of updates so far) at every `read_at`,
-    stopping at the first read that reaches `stop_at`."""
-    cfg = load_config()
-    cfg = dataclasses.replace(cfg, iql=iql)
-    cols = to_transitions(table, "symbolic", "sparse", {"sparse": 1.0}, "zero", 1.0, vocab)
-    buffer = load_buffer([cols])
+    """Train `steps` bc updates of `cfg.iql` on `buffer`; (updates, agreement with `episodes`' own actions,
+    CPU-seconds of updates so far) at every `read_at`, stopping at the first read that reaches `stop_at`."""
+    iql = cfg.iql
     spec: ModelSpec = model_spec(cfg, vocab)
     torch.manual_seed(seed)
     net = IQLNet(spec)
     target = target_heads(net)
     optimizer, scheduler = make_optimizer(net, iql, steps)
     generator = torch.Generator().manual_seed(seed)
-    episodes = table_episodes(table, need_expert=False)
     out, cpu = [], 0.0
     for step in range(1, steps + 1):
         t = time.process_time()
@@ -112,7 +106,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--episodes", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0, help="generate seed of the expert data")
-    parser.add_argument("--variants", default=",".join(SHORT), help=f"comma-separated: {', '.join(SHORT)}")
+    parser.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated: {', '.join(VARIANTS)}"
+    )
     parser.add_argument("--max-updates", type=int, default=6000)
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--budgets", default="1500,3000", help="cosine variants: one run per budget")
@@ -120,39 +116,41 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    names = [SHORT.get(v, v) for v in args.variants.split(",")]
+    names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        parser.error(f"unknown variant(s) {unknown}: choose from {', '.join(SHORT)}")
+        parser.error(f"unknown variant(s) {unknown}: choose from {', '.join(VARIANTS)}")
     t = time.perf_counter()
     table = expert_table(args.episodes, args.seed)
-    vocab = Vocab.build(table.column("goal").to_pylist(), load_config().iql.max_vocab)
-    states = sum(len(a) for a in table.column("actions").to_pylist())
+    base = load_config(dotlist=["iql.learner=bc"])
+    vocab = Vocab.build(table.column("goal").to_pylist(), base.iql.max_vocab)
+    # The same buffer and agreement episodes for every variant: built once.
+    buffer = load_buffer([to_transitions(table, "symbolic", "sparse", {"sparse": 1.0}, "zero", 1.0, vocab)])
+    episodes = table_episodes(table, need_expert=False)
     print(
         f"# {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s); "
-        f"{args.episodes} noise-free expert episodes (k 1-6, generate seed {args.seed}), {states} states, "
+        f"{args.episodes} noise-free expert episodes (k 1-6, generate seed {args.seed}), {len(buffer)} states, "
         f"generated in {time.perf_counter() - t:.0f} s; fit = training agreement >= {args.target}",
         flush=True,
     )
-    base = load_config(dotlist=["iql.learner=bc"]).iql
     rows = []
     for name in names:
-        v = VARIANTS[name]
-        iql = dataclasses.replace(base, **v["overrides"])
-        print(f"\n## {name}", flush=True)
-        if v.get("cosine"):
-            budgets = [int(b) for b in args.budgets.split(",")]
-            reads = []
-            for budget in budgets:
-                reads += train_and_read(table, vocab, iql, budget, [budget], args.seed)
+        label, overrides, cosine = VARIANTS[name]
+        cfg = dataclasses.replace(base, iql=dataclasses.replace(base.iql, **overrides))
+        print(f"\n## {label}", flush=True)
+        if cosine:
+            reads: list[tuple[int, float, float]] = []
+            for budget in (int(b) for b in args.budgets.split(",")):
+                reads += train_and_read(buffer, episodes, vocab, cfg, budget, [budget], args.seed)
                 if reads[-1][1] >= args.target:
                     break
         else:
             read_at = list(range(args.eval_every, args.max_updates + 1, args.eval_every))
-            reads = train_and_read(table, vocab, iql, args.max_updates, read_at, args.seed, args.target)
+            reads = train_and_read(
+                buffer, episodes, vocab, cfg, args.max_updates, read_at, args.seed, args.target
+            )
         fit = next((r for r in reads if r[1] >= args.target), None)
-        per_update = reads[-1][2] / reads[-1][0]
-        rows.append((name, fit, reads[-1], per_update))
+        rows.append((label, fit, reads[-1], reads[-1][2] / reads[-1][0]))
     print("\n| variant | updates to fit | CPU-s to fit | agreement at the last read | CPU-ms per update |")
     print("|---|---|---|---|---|")
     for name, fit, last, per_update in rows:
