@@ -63,9 +63,15 @@ def server() -> Iterator[Server]:
                 state.headers.append(dict(self.headers))
                 state.in_flight += 1
                 state.max_in_flight = max(state.max_in_flight, state.in_flight)
+            # A request counts as in flight until its reply is decided, not until the bytes are written: the
+            # client may read the reply and send its next request before this thread gets to a later decrement.
             try:
                 time.sleep(state.delay_s)
                 status, payload, headers = state.reply(body)
+            finally:
+                with state.lock:
+                    state.in_flight -= 1
+            try:
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 for k, v in headers.items():
@@ -76,9 +82,6 @@ def server() -> Iterator[Server]:
                 self.wfile.write(data)
             except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
                 pass
-            finally:
-                with state.lock:
-                    state.in_flight -= 1
 
         def log_message(self, *args):
             pass
