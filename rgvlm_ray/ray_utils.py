@@ -17,9 +17,13 @@ def init_ray(cfg: RayConfig | None = None) -> None:
 
     A local head started here ends with this process, even on `kill -9`: Ray 2.60 starts its processes with
     prctl(PR_SET_PDEATHSIG) on Linux (its reaper process elsewhere); tests/test_small_points.py checks it."""
+    cfg = cfg or RayConfig()
+    # Per process, and read when a dataset is made: set even where Ray was started by someone else (tests, jobs).
+    import ray.data
+
+    ray.data.DataContext.get_current().use_datasource_v2 = cfg.parquet_reader_v2
     if ray.is_initialized():
         return
-    cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": True, "include_dashboard": False} if not address else {}
     if not address:
