@@ -46,9 +46,8 @@ class StorageConfig:
 class RayConfig:
     address: str | None = None  # None: join RAY_ADDRESS if set, else start a local Ray
     num_cpus: int | None = None  # only for a local Ray started by us
-    # Ray Data's V2 Parquet reader lists files through a pool of footer-reader actors (up to 32, one process
-    # each) on every read; on a laptop or a small cluster every `rgvlm` read paid their start-up (BENCHMARKS.md,
-    # "Test suite"). False reads footers the V1 way, in tasks. True for datasets of many thousands of files.
+    # Ray Data's V2 Parquet reader starts footer-reader actors (a process each) on every read: on small clusters
+    # each read paid their start-up (BENCHMARKS.md "Test suite"). V1 reads footers in tasks. True: V2.
     parquet_reader_v2: bool = False
 
 
