@@ -146,3 +146,27 @@ def alive(processes: dict[int, str]) -> dict[int, str]:
         if state != "Z":  # a zombie has exited; only its parent's wait is missing
             left[pid] = args
     return left
+
+
+def test_parquet_is_read_without_footer_reader_actors_unless_asked(ray_cluster, tmp_path):
+    """Ray Data's V2 Parquet reader starts footer-reader actors, a process each, on every read; `init_ray` picks
+    the V1 reader (its footers read in tasks) unless `ray.parquet_reader_v2` asks for V2."""
+    import ray.data
+
+    from rgvlm_ray.config import RayConfig
+    from rgvlm_ray.ray_utils import init_ray
+
+    write_dataset(str(tmp_path / "raw"), shards=2, per_shard=1, subtasks="1")
+    context = ray.data.DataContext.get_current()
+    before = context.use_datasource_v2
+    try:
+        plans = {}
+        for v2 in (False, True):
+            init_ray(RayConfig(parquet_reader_v2=v2))
+            ds = ray.data.read_parquet(str(tmp_path / "raw"), columns=["episode_id"])
+            assert ds.count() == 2
+            plans[v2] = ds.materialize().stats()
+        assert "ReadParquet" in plans[False] and "ParquetV2" not in plans[False], plans[False]
+        assert "ParquetV2" in plans[True], plans[True]
+    finally:
+        context.use_datasource_v2 = before
