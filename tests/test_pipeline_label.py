@@ -71,6 +71,7 @@ def test_local_oracle_labels_every_episode_once_and_rerun_does_nothing(ray_clust
         "balanced": True,
     }
     assert s["transitions"] == sum(len(a) for a in table.column("actions").to_pylist())
+    assert s["actors"] == {"min": 1, "max": 2}  # 9 episodes in batches of 4: both actors have work
     records = mf.load_records(out, StorageConfig())
     assert {r.status for r in records.values()} == {mf.DONE} and len(records) == 3
     assert not list((tmp_path / "labeled" / "_leases").iterdir())
@@ -92,6 +93,7 @@ def test_local_oracle_labels_every_episode_once_and_rerun_does_nothing(ray_clust
     assert label(src, out, "--engine", "oracle") == 0
     s = summary_of(out)
     assert s["shards"]["skipped_current"] == 2 and s["shards"]["labeled"] == 1 and s["episodes"]["in"] == 2
+    assert s["actors"] == {"min": 1, "max": 1}  # one batch of work: one actor loads the labeler, not two
     assert label(src, out, "--engine", "oracle", "--force") == 0
     assert summary_of(out)["shards"]["labeled"] == 3
 

@@ -158,6 +158,14 @@ def quarantine_bad_shards(state: RunState, shards: list[ShardPlan]) -> list[Shar
     return good
 
 
+def pool_size(episodes: int, episodes_per_batch: int, min_actors: int, max_actors: int) -> tuple[int, int]:
+    """(min, max) actors: never more than there are batches to label. Each actor loads the model (minutes for
+    an LVLM on a GPU); a scheduled relabel of one small new shard need not load it on every GPU of the pool."""
+    batches = max(1, -(-episodes // max(1, episodes_per_batch)))
+    top = max(1, min(max_actors, batches))
+    return min(min_actors, top), top
+
+
 def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Dataset
     import ray
 
@@ -166,9 +174,11 @@ def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Data
     names = {stripped(s.path, cfg.storage): s.name for s in shards}
     ds = ray.data.read_parquet(list(names), filesystem=fs, include_paths=True)
     episodes = sum(s.rows_in or 0 for s in shards)
+    actors = state.actors = pool_size(episodes, lc.episodes_per_batch, lc.min_actors, lc.max_actors)
+    log.info("%d episode(s) in batches of %d: %d-%d label actor(s)", episodes, lc.episodes_per_batch, *actors)
     # Small shards arrive as one block each; split them so every actor gets work.
     ds = ds.repartition(
-        target_num_rows_per_block=max(1, min(lc.episodes_per_batch, -(-episodes // (2 * lc.max_actors))))
+        target_num_rows_per_block=max(1, min(lc.episodes_per_batch, -(-episodes // (2 * actors[1]))))
     )
     resources: dict = {"num_cpus": lc.num_cpus_per_actor}
     if lc.num_gpus_per_actor:
@@ -196,7 +206,7 @@ def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Data
             fn_constructor_kwargs=kwargs,
             batch_size=lc.episodes_per_batch,
             batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=lc.min_actors, max_size=lc.max_actors),
+            compute=ray.data.ActorPoolStrategy(min_size=actors[0], max_size=actors[1]),
             **resources,
             **fault,
         )

@@ -45,6 +45,7 @@ class RunState:
     step_status: Counter = field(default_factory=Counter)
     episode_status: Counter = field(default_factory=Counter)
     faults: list[StorageError] = field(default_factory=list)  # storage faults met: the run ends with exit 4
+    actors: tuple[int, int] | None = None  # the label pool's (min, max) size, once started
 
     @property
     def out(self) -> str:

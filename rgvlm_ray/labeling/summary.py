@@ -30,6 +30,7 @@ def summarize(state: RunState, seconds: float) -> dict:
         "fingerprint": state.fingerprint,
         "in": state.cfg.label.in_path,
         "out": state.out,
+        "actors": None if state.actors is None else {"min": state.actors[0], "max": state.actors[1]},
         "shards": {
             "labeled": sum(r.status in mf.LABELED for r in records),
             "quarantined": [r.shard for r in quarantined],
