@@ -85,7 +85,16 @@ def test_train_two_workers_checkpoints_and_resumes(
 
     # A rerun with more steps continues from step 4 rather than starting over, here on one worker (a job resumed
     # on a smaller cluster; a second two-worker start would cost the suite ~10 CPU-s for nothing new).
-    resume = [*args[:-1], "1", "--steps", "8", *TINY, "train.checkpoint_every=4", "iql.context=3", "train.seed=5"]
+    resume = [
+        *args[:-1],
+        "1",
+        "--steps",
+        "8",
+        *TINY,
+        "train.checkpoint_every=4",
+        "iql.context=3",
+        "train.seed=5",
+    ]
     assert cli(resume) == 0
     second = latest_checkpoint(out)
     assert second == os.path.join(out, "checkpoint_00000008")
