@@ -16,7 +16,7 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.generate import build_shard, episode_plan
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=64)  # the bot plays every episode; ~64 small tables stay in memory, read-only
 def generated_table(episodes: int = 6, subtasks: str = "1-6", seed: int = 0, noise: float = 0.25) -> pa.Table:
     cfg = load_config(
         overrides={

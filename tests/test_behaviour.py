@@ -3,6 +3,8 @@ actions taken, inspect's behaviour summary, and evaluation's expert-action agree
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -24,6 +26,7 @@ from rgvlm_ray.iql.model import IQLNet, ModelSpec
 from rgvlm_ray.iql.vocab import Vocab
 
 
+@functools.lru_cache(maxsize=8)  # the bot plays every episode: ~4 s a table, and tests share them read-only
 def _table(**generate: object) -> pa.Table:
     cfg = load_config(overrides={"generate.out": "unused", "generate.episodes": 24, "generate.seed": 3,
                                  **{f"generate.{k}": v for k, v in generate.items()}})  # fmt: skip
