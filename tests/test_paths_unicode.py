@@ -82,17 +82,24 @@ def test_every_command_takes_non_ascii_paths_with_spaces(root, monkeypatch, caps
 
 
 def test_study_takes_non_ascii_paths_with_spaces(root, monkeypatch, capsys):
-    """The smallest study there is: the sparse arm alone, one seed, on the raw data above."""
+    """The smallest study there is: the sparse arm alone, one seed, on the raw data above. Its learning curve has
+    one point, at a constant lr: a checkpoint inside the run (tests/test_study.py has the cosine case, where each
+    point is a run of its own)."""
     monkeypatch.chdir(root / "élsewhere")
     args = [
         "study", "--in", rel("raw data"), "--out", rel("stüdy ä/"), "--seeds", "1", "--steps", "2",
         "--episodes-per-k", "1", "study.labelers=[]", "study.splits=[seen]", "study.contexts=[]",
-        "study.baselines=[]", "study.expert_ceiling=false", "study.curve_arms=[]", "eval.max_steps=10", "eval.agreement_episodes_per_k=1",
+        "study.baselines=[]", "study.expert_ceiling=false", "study.curve_arms=[sparse]", "study.curve_points=2",
+        "iql.actor_cosine=false", "eval.max_steps=10", "eval.agreement_episodes_per_k=1",
         "iql.batch_size=8", "iql.context=2", "train.workers=1",
     ]  # fmt: skip
     assert main(args) == 0, capsys.readouterr().err[-3000:]
     study = json.loads((root / HOME / "stüdy ä" / "study.json").read_text())
     assert [a["name"] for a in study["arms"]] == ["sparse"]
+    (point,) = study["runs"][0]["curve"]
+    run = root / HOME / "stüdy ä" / "runs" / "sparse" / "seed0"
+    assert point["source"] == "checkpoints" and point["checkpoint"] == str(run / "checkpoint_00000001")
+    assert study["timing"]["curve_trainings_run"] == 0 and not list(run.glob("budget-*"))
     assert not list((root / "élsewhere").iterdir())
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -266,7 +265,7 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
         "generate.episodes=12", "generate.episodes_per_shard=6", "generate.subtasks=1-2",
         "study.labelers=[oracle,clip]", f"study.clip_model={tmp_path / 'no-such-clip'}",  # clip fails to load
         "study.modes=[X+sparse]", "study.splits=[seen]", "study.contexts=[]", "study.parallel=5",
-        "study.baselines=[]", "study.expert_ceiling=true", "study.curve_points=2",
+        "study.baselines=[]", "study.expert_ceiling=true", "study.curve_arms=[sparse]", "study.curve_points=2",
         "label.max_restarts=0",
         "label.max_task_retries=0", "iql.batch_size=32", "iql.hidden=32", "eval.max_steps=30", "eval.agreement_episodes_per_k=1",
         "train.checkpoint_every=4", "train.log_every=2",
@@ -313,10 +312,19 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     # The noise-free expert data really is noise-free: every action is the bot's.
     expert = pq.read_table(out / "data" / "expert", columns=["actions", "expert_actions"]).to_pylist()
     assert all(r["actions"] == r["expert_actions"] for r in expert)
-    # Learning curves: seed 0 of sparse and oracle+sparse evaluated at the intermediate checkpoint (step 2).
+    # Learning curve: seed 0 of sparse at a budget of 2 updates. The actor's lr decays to 0 at train.steps, so the
+    # point is a run of its own whose schedule ends at step 2, not a checkpoint inside the 4-step run: read back
+    # from what that run and its evaluation wrote.
     curves = {r["arm"]: r["curve"] for r in study["runs"] if r["curve"]}
-    assert sorted(curves) == ["oracle_sparse", "sparse"] and all(c[0]["step"] == 2 for c in curves.values())
+    assert list(curves) == ["sparse"]
+    for arm, (point,) in curves.items():
+        budget = out / "runs" / arm / "seed0" / "budget-00000002" / "checkpoint_00000002"
+        assert point["step"] == 2 and point["source"] == "budgets" and point["checkpoint"] == str(budget)
+        assert json.loads((budget / "config.json").read_text())["train"]["steps"] == 2
+        assert json.loads((budget / "run.json").read_text())["reward"] == expected[arm]
+    assert study["timing"]["curve_trainings_run"] == 1
     assert (out / "learning_curves.png").read_bytes().startswith(b"\x89PNG")
+    assert "a run of its own, trained with that budget" in (out / "study.md").read_text()
 
     md = (out / "study.md").read_text()
     assert "clip" in md and "FAILED" in md and "its arms were skipped" in md
@@ -340,19 +348,20 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
     again = json.loads((out / "study.json").read_text())
     assert sorted(again["reused"]["train"]) == sorted(runs)
     assert sorted(again["reused"]["eval"]) == sorted(f"{k}/seen" for k in runs)
-    assert again["timing"]["trainings_run"] == 0
+    assert again["timing"]["trainings_run"] == 0 and again["timing"]["curve_trainings_run"] == 0
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
 
-    # A learning-curve point whose eval and checkpoint are gone is recomputed (the run trains again aside).
-    shutil.rmtree(out / "eval" / "sparse" / "seed0" / "curve")
-    shutil.rmtree(out / "runs" / "sparse" / "seed0" / "checkpoint_00000002")
+    # A curve point whose eval.json evaluated another checkpoint (the 4-step run's own step 2, as a study from
+    # before budget runs did) is evaluated again, from its budget run, which is not retrained.
+    curve_eval = out / "eval" / "sparse" / "seed0" / "curve" / "step00000002" / "eval.json"
+    inside = str(out / "runs" / "sparse" / "seed0" / "checkpoint_00000002")
+    curve_eval.write_text(json.dumps(json.loads(curve_eval.read_text()) | {"checkpoint": inside}))
     assert main(rerun) == 0
     again = json.loads((out / "study.json").read_text())
     (point,) = next(r["curve"] for r in again["runs"] if r["arm"] == "sparse" and r["seed"] == 0)
-    assert (
-        point["step"] == 2
-        and (out / "runs" / "sparse" / "seed0" / "curve-rerun" / "checkpoint_00000002").is_dir()
-    )
+    assert point["checkpoint"].endswith("budget-00000002/checkpoint_00000002")
+    assert json.loads(curve_eval.read_text())["checkpoint"] == point["checkpoint"]
+    assert again["timing"]["curve_trainings_run"] == 0
 
     # A run whose checkpoint says another reward stops the study, naming it.
     tampered = sorted((out / "runs" / "oracle_sparse" / "seed1").glob("checkpoint_0*"))[-1] / "run.json"

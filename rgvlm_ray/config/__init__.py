@@ -374,7 +374,7 @@ class StudyConfig:
     # once (seed 0): the architecture's ceiling.
     baselines: list[str] = field(default_factory=lambda: ["bc", "filtered_bc"])
     expert_ceiling: bool = True
-    # Learning curves: these arms' seed-0 runs are evaluated (first split) at `curve_points` evenly spaced steps.
+    # Learning curves: these arms' seed-0 runs at `curve_points` evenly spaced budgets (docs/study.md).
     curve_arms: list[str] = field(default_factory=lambda: ["sparse", "oracle+sparse"])
     curve_points: int = 4
     # Trainings side by side (each its own Ray Train run, from a driver thread). On small machines keep

@@ -54,7 +54,8 @@ def rho_plot(study: dict[str, Any], split: str) -> bytes:
 
 
 def curve_rows(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
-    """Per arm with a learning curve: its points (intermediate checkpoints) plus the final evaluation."""
+    """Per arm with a learning curve: its points (runs of their own budget, or intermediate checkpoints of a
+    constant-lr run: `curve_sources`) plus the final evaluation."""
     out: dict[str, list[dict[str, Any]]] = {}
     for run in study["runs"]:
         if not run.get("curve"):
@@ -68,15 +69,31 @@ def curve_rows(study: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
 
 CURVE_METRICS = {
     "subtask_completion": "sub-tasks completed (mean over k)",
-    "expert_agreement": "expert agreement",
+    "expert_agreement": "expert agreement (held-out)",
+    "train_agreement": "training agreement (fit)",
 }
+SOURCES = {
+    "budgets": "each point is a run of its own, trained with that budget (its lr schedule ends there)",
+    "checkpoints": "each point is a checkpoint inside one run at a constant learning rate",
+}
+
+
+def curve_sources(study: dict[str, Any]) -> set[str]:
+    """How the points were made (runs.curve_source); a study.json from before budgets were recorded: checkpoints."""
+    return {p.get("source", "checkpoints") for run in study["runs"] for p in run.get("curve") or []}
 
 
 def curve_section(study: dict[str, Any]) -> str:
     curves = curve_rows(study)
     if not curves:
         return "No learning curves recorded (`study.curve_arms`, `study.curve_points`).\n"
-    lines = ["| run | " + " | ".join(f"step → {t}" for t in CURVE_METRICS.values()) + " |", "|---|---|---|"]
+    how = "; ".join(f"{SOURCES.get(s, s)} ({s})" for s in sorted(curve_sources(study)))
+    lines = [
+        f"Points by number of IQL updates: {how}. The last point is the run itself.",
+        "",
+        "| run | " + " | ".join(f"step → {t}" for t in CURVE_METRICS.values()) + " |",
+        "|---|" + "---|" * len(CURVE_METRICS),
+    ]
     for label, points in curves.items():
         cells = [
             ", ".join(f"{p['step']}: {'n/a' if p.get(m) is None else f'{p[m]:.2f}'}" for p in points)
@@ -103,7 +120,7 @@ def curve_png(study: dict[str, Any]) -> bytes:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
-    fig.suptitle("Learning curves (intermediate checkpoints)")
+    fig.suptitle("Learning curves (" + ", ".join(sorted(curve_sources(study))) + ")")
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)

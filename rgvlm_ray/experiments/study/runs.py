@@ -51,7 +51,7 @@ def run_config(ws: Workspace, arm: Arm, seed: int, corpus: Corpus, cpus: float) 
         seed=seed,
         cpus_per_worker=cpus,
     )
-    if has_curve(cfg, arm, seed):
+    if has_curve(cfg, arm, seed) and curve_source(cfg) == "checkpoints":
         train = replace(
             train,
             checkpoint_every=max(1, cfg.train.steps // cfg.study.curve_points),
@@ -162,32 +162,62 @@ class Clock:
 
 
 def curve_steps(cfg: Config) -> list[int]:
-    every = cfg.train.checkpoint_every
+    every = max(1, cfg.train.steps // cfg.study.curve_points)
     return [s for s in range(every, cfg.train.steps, every)]
 
 
-def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config) -> list[dict[str, Any]]:
-    """Evaluations of the intermediate checkpoints (first split): completion and expert agreement by step.
+def curve_source(cfg: Config) -> str:
+    """Where a learning curve's points come from. While the actor's lr decays to 0 at `train.steps`
+    (`iql.actor_cosine`), a checkpoint inside the run is not what a run of that budget would be, and every such
+    curve flattens at its end: the schedule, not a plateau. Each point is then a run of its own whose schedule
+    ends at that step ("budgets"). With a constant lr the run's own checkpoints are such points ("checkpoints")."""
+    return "budgets" if cfg.iql.actor_cosine else "checkpoints"
 
-    Each point's eval.json is reused when it evaluated that step; a point whose eval and checkpoint are both
-    gone (deleted, or pruned by an older keep_checkpoints) is recomputed by training the run again from scratch
-    into its own folder, `<run>/curve-rerun`."""
+
+def budget_dir(cfg: Config, step: int) -> str:
+    return storage.join(cfg.train.out_path, f"budget-{step:08d}")
+
+
+def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config, clock: Clock) -> tuple[list[dict], int]:
+    """Evaluations at `curve_steps` (first split): completion and expert agreement by budget; returns (points,
+    trainings run now).
+
+    "budgets" (curve_source): each step's run trains into `<run>/budget-<step>` with `train.steps` = step, and its
+    final checkpoint is evaluated. "checkpoints": the run's own intermediate checkpoints; one whose eval and
+    checkpoint are both gone is recomputed by training the run again from scratch into `<run>/curve-rerun`.
+    Each point's eval.json is reused when it evaluated that very checkpoint."""
     from rgvlm_ray.iql import evaluate, trainer
     from rgvlm_ray.iql.checkpoint import checkpoint_name
 
-    split = cfg.study.splits[0]
+    split, source, trained = cfg.study.splits[0], curve_source(cfg), 0
     points = []
     for step in curve_steps(cfg):
         out = ws.path("eval", arm.name, f"seed{seed}", "curve", f"step{step:08d}")
-        ev = reusable_eval(out, step, cfg, split)
-        if ev is None:
+        if source == "budgets":
+            run = budget_dir(cfg, step)
+            checkpoint = storage.join(run, checkpoint_name(step))
+            ev = reusable_eval(out, step, cfg, split)
+            ev = ev if ev is not None and ev.get("checkpoint") == checkpoint else None
+            budget = replace(cfg, train=replace(cfg.train, out_path=run, steps=step, checkpoint_every=step))
+            if ev is None and finished_step(run, budget) is None:
+                log.info("learning curve of %s: a run of its own with a budget of %d updates", arm.name, step)
+                clock.enter()
+                try:
+                    trainer.train(budget)
+                finally:
+                    clock.leave()
+                trained += 1
+        else:
             checkpoint = storage.join(cfg.train.out_path, checkpoint_name(step))
-            if not ckpt_exists(checkpoint, cfg):
+            ev = reusable_eval(out, step, cfg, split)
+        if ev is None:
+            if source == "checkpoints" and not ckpt_exists(checkpoint, cfg):
                 rerun = storage.join(cfg.train.out_path, "curve-rerun")
                 log.warning("%s is missing: training %s again into %s for its learning curve",
                             checkpoint, arm.name, rerun)  # fmt: skip
                 if finished_step(rerun, cfg) is None:
                     trainer.train(replace(cfg, train=replace(cfg.train, out_path=rerun)))
+                    trained += 1
                 checkpoint = storage.join(rerun, checkpoint_name(step))
             e = replace(cfg.eval, checkpoint=checkpoint, out=out, split=split)
             evaluate.evaluate(replace(cfg, eval=e))
@@ -195,11 +225,12 @@ def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config) -> list[dict
             if ev is None:
                 raise RuntimeError(f"evaluating {checkpoint} left no matching eval.json in {out}")
         points.append(
-            {"step": step, "split": split, "subtask_completion": ev["subtask_completion"],
-             "success_rate": ev["success_rate"], "expert_agreement": ev.get("expert_agreement"),
+            {"step": step, "split": split, "source": source, "checkpoint": ev["checkpoint"],
+             "subtask_completion": ev["subtask_completion"], "success_rate": ev["success_rate"],
+             "expert_agreement": ev.get("expert_agreement"), "train_agreement": ev.get("train_agreement"),
              "by_k": ev["by_k"]}
         )  # fmt: skip
-    return points
+    return points, trained
 
 
 def ckpt_exists(checkpoint: str, cfg: Config) -> bool:
@@ -234,7 +265,9 @@ def run_arm_seed(
     back = read_back(checkpoint, cfg)
     check_treatment(back, arm, seed, run, cfg.train.in_path)
     record["read_back"] = back
-    record["curve"] = learning_curve(ws, arm, seed, cfg) if has_curve(ws.cfg, arm, seed) else []
+    record["curve"], record["curve_trainings"] = (
+        learning_curve(ws, arm, seed, cfg, clock) if has_curve(ws.cfg, arm, seed) else ([], 0)
+    )
     record["evals"] = {}
     for split in cfg.study.splits:
         out = eval_dir(ws, arm, seed, split)
@@ -303,6 +336,7 @@ def run_arms(ws: Workspace, arms: list[Arm], corpus: Corpus) -> tuple[list[dict[
         "cpus_per_worker": cpus,
         "parallel": ws.cfg.study.parallel,
         "trainings_run": len(trained),
+        "curve_trainings_run": sum(r["curve_trainings"] for r in records),
         "max_concurrent_trainings": clock.max_training,
         "train_seconds_sum": round(sum(r["train_end_s"] - r["train_start_s"] for r in trained), 1),
     }
