@@ -17,7 +17,7 @@ from rgvlm_ray.config import load_config
 from rgvlm_ray.experiments.study.arms import Arm, plan_arms
 from rgvlm_ray.experiments.study.corpus import Corpus, labeler_settings
 from rgvlm_ray.experiments.study.report import markdown
-from rgvlm_ray.experiments.study.runs import check_treatment, run_config
+from rgvlm_ray.experiments.study.runs import check_treatment, curve_source, curve_steps, run_config
 from rgvlm_ray.experiments.study.tables import diagnostics_table, figure4_table, mean_ci, targets, told_apart
 from rgvlm_ray.experiments.workspace import Workspace
 
@@ -132,7 +132,16 @@ def test_baselines_and_the_ceiling_are_planned_and_configured_as_their_learner()
     cfg = run_config(ws, arms[3], 0, corpus, 0.5)
     assert (cfg.iql.learner, cfg.train.in_path, cfg.train.labels) == ("bc", "/out/data/expert", [])
     assert run_config(ws, arms[2], 1, corpus, 0.5).iql.learner == "filtered_bc"
-    # seed 0 of a curve arm checkpoints at curve_points evenly spaced steps and keeps them all; others do not
+    # The curve's budgets: 100 and 200 of 300 updates. With the cosine actor lr each is a run of its own, so the
+    # arm's run checkpoints as any other; at a constant lr, seed 0 of a curve arm checkpoints at those steps and
+    # keeps them all, and the others do not.
+    assert curve_steps(run_config(ws, arms[4], 0, corpus, 0.5)) == [100, 200]
+    assert curve_source(ws.cfg) == "budgets"
+    assert run_config(ws, arms[4], 0, corpus, 0.5).train.checkpoint_every == ws.cfg.train.checkpoint_every
+    ws = Workspace(
+        load_config(dotlist=["study.curve_points=3", "train.steps=300", "iql.actor_cosine=false"]), "/out"
+    )
+    assert curve_source(ws.cfg) == "checkpoints"
     curve = run_config(ws, arms[4], 0, corpus, 0.5).train
     assert (curve.checkpoint_every, curve.keep_checkpoints >= 4) == (100, True)
     assert run_config(ws, arms[4], 1, corpus, 0.5).train.checkpoint_every == ws.cfg.train.checkpoint_every
