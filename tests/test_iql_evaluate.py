@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 import torch
 
 from rgvlm_ray.cli import main as cli
 from rgvlm_ray.config import Config, EnvConfig
-from rgvlm_ray.data.env import NUM_ACTIONS, SPLIT_DEFINITIONS
+from rgvlm_ray.data.env import NUM_ACTIONS, SPLIT_DEFINITIONS, find_mission, make_env
 from rgvlm_ray.iql.checkpoint import checkpoint_name, latest_checkpoint, load_policy, save_checkpoint
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.update import make_optimizer
@@ -93,6 +93,16 @@ def test_evaluate_reports_every_k_and_compare_plots_runs(ray_cluster, tmp_path, 
     assert result["unknown_word_missions"] == unknown > 0
     table = (tmp_path / "eval" / "eval.md").read_text()
     assert table.count("\n| ") == 7  # header + k = 1..6
+    # Chains that repeat a sub-task, apart from the others (k >= 2): each episode's flag is its mission's own.
+    env_cfg = EnvConfig()
+    for e in result["episodes"]:
+        subtasks = make_env(env_cfg, find_mission(env_cfg, e["k"], e["index"], 0, "seen")).subtasks
+        assert e["repeats_subtask"] == (len(set(subtasks)) < len(subtasks)), (e["mission"], subtasks)
+    kinds = result["by_chain_kind"]
+    assert (
+        kinds["repeats_subtask"]["episodes"] + kinds["distinct_subtasks"]["episodes"] == 10
+    )  # k = 2..6, 2 each
+    assert "chains that repeat a sub-task" in table
     assert (tmp_path / "eval" / "eval.png").read_bytes().startswith(PNG_MAGIC)
 
     # Same seeds, same chunk-independent sampling: a rerun with other chunking gives the same episodes.
@@ -120,6 +130,32 @@ def test_evaluate_reports_every_k_and_compare_plots_runs(ray_cluster, tmp_path, 
     assert (tmp_path / "cmp" / "compare.png").read_bytes().startswith(PNG_MAGIC)
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| oracle (seen) |" in md and "| sparse (seen) |" in md
+
+
+def test_chains_that_repeat_a_sub_task_are_told_apart() -> None:
+    """A chain that asks for one sub-task twice is flagged by the rollout and counted apart by by_chain_kind."""
+    from rgvlm_ray.data.env import rollout
+    from rgvlm_ray.iql.evaluate import by_chain_kind
+
+    env_cfg, found = EnvConfig(), {}
+    for index in range(200):
+        spec = find_mission(env_cfg, 4, index, 0, "seen")
+        subtasks = make_env(env_cfg, spec).subtasks
+        found.setdefault(len(set(subtasks)) < len(subtasks), spec)
+        if len(found) == 2:
+            break
+    assert set(found) == {True, False}, "no k = 4 chain among 200 repeats a sub-task"
+    episodes = []
+    for repeats, spec in found.items():
+        r = rollout(replace(env_cfg, max_steps=5), spec, lambda obs: 2)  # forward only: nothing done
+        assert r.repeats_subtask is repeats
+        episodes.append(
+            {"k": 4, "success": r.success, "subtasks": r.subtasks_done, "repeats_subtask": repeats}
+        )
+    episodes.append({"k": 1, "success": True, "subtasks": 1, "repeats_subtask": False})  # k = 1 is left out
+    kinds = by_chain_kind(episodes)
+    assert kinds["repeats_subtask"]["episodes"] == 1 and kinds["distinct_subtasks"]["episodes"] == 1
+    assert kinds["distinct_subtasks"]["success_rate"] == 0.0
 
 
 def test_evaluate_and_compare_usage_errors(tmp_path, capsys) -> None:

@@ -353,6 +353,7 @@ class RolloutResult:
     ret: float
     steps: int
     mission: str = ""
+    repeats_subtask: bool = False  # the chain asks for one sub-task twice (which one is due needs memory)
 
 
 def rollout(
@@ -388,4 +389,5 @@ def rollout(
             done_before = done
             if since >= stall_steps:
                 break
-    return RolloutResult(spec, env.mission_done, env.progress(), ret, t, env.mission)
+    repeats = len(set(env.subtasks)) < len(env.subtasks)
+    return RolloutResult(spec, env.mission_done, env.progress(), ret, t, env.mission, repeats)

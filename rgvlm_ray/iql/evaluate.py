@@ -127,6 +127,7 @@ def run_missions(
                 "ret": r.ret,
                 "steps": r.steps,
                 "mission": r.mission,
+                "repeats_subtask": r.repeats_subtask,
                 "mission_attempt": spec.attempt,
                 "substituted": spec.substituted,
             }
@@ -173,6 +174,34 @@ def summarize(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def by_chain_kind(episodes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Chains that ask for one sub-task twice ("open the red door, then ..., then open the red door") apart from
+    the others, k >= 2: after the first, only memory of what was done says which occurrence is due, and a window
+    of recent steps may hold none of it (issue 23, item 6)."""
+    out = {}
+    for kind, repeats in (("repeats_subtask", True), ("distinct_subtasks", False)):
+        eps = [e for e in episodes if e["k"] >= 2 and bool(e.get("repeats_subtask")) == repeats]
+        out[kind] = {
+            "episodes": len(eps),
+            "success_rate": float(np.mean([e["success"] for e in eps])) if eps else None,
+            "subtask_completion": float(np.mean([e["subtasks"] / e["k"] for e in eps])) if eps else None,
+        }
+    return out
+
+
+def chain_kind_line(kinds: dict[str, dict[str, Any]]) -> str:
+    def cell(name: str) -> str:
+        c = kinds[name]
+        if not c["episodes"]:
+            return "no episodes"
+        return f"success {c['success_rate']:.2f}, sub-tasks {c['subtask_completion']:.2f} ({c['episodes']} episodes)"
+
+    return (
+        f"k >= 2, chains that repeat a sub-task: {cell('repeats_subtask')}; "
+        f"the others: {cell('distinct_subtasks')}.\n"
+    )
 
 
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
@@ -310,18 +339,20 @@ def evaluate(cfg: Config) -> tuple[dict[str, Any], str]:
         **agreement,
         "pool_seed": pool_seed,
         "by_k": rows,
+        "by_chain_kind": by_chain_kind(episodes),
         "success_rate": float(np.mean([r["success_rate"] for r in rows])),
         "subtask_completion": float(np.mean([r["subtask_completion"] for r in rows])),
         "episodes": episodes,
     }
     title = f"IQL, reward {label}, step {run.get('step')}"
+    md = markdown_table(rows, title) + "\n" + chain_kind_line(result["by_chain_kind"])
     write_outputs(
         e.out,
         {
             "eval.json": json.dumps(result, indent=2).encode(),
-            "eval.md": markdown_table(rows, title).encode(),
+            "eval.md": md.encode(),
             "eval.png": plot_png({label: rows}, title),
         },
         cfg.storage,
     )
-    return result, markdown_table(rows, title)
+    return result, md
