@@ -343,6 +343,12 @@ def test_tiny_study_end_to_end_with_a_failing_labeler_and_a_rerun(ray_cluster, t
         "\n| bc (expert data) | n=1, no CI (seeds 0) | " in md and "Does each learner select actions?" in md
     )
     assert " ± " in md and "Can these arms be told apart?" in md and "`oracle+sparse` vs `sparse`" in md
+    # chains that repeat a sub-task, apart (k >= 2: 5 episodes a run), from each run's eval.json
+    for r in study["runs"]:
+        kinds = r["evals"]["seen"]["by_chain_kind"]
+        assert kinds["repeats_subtask"]["episodes"] + kinds["distinct_subtasks"]["episodes"] == 5
+    chains = md.split("### Chains that repeat a sub-task")[1].split("###")[0]
+    assert "| oracle+sparse | n=2 (seeds 0, 1) |" in chains and "not recorded" not in chains
     for png in ("seen_by_k.png", "rho_vs_success_seen.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert study["timing"]["trainings_run"] == 5

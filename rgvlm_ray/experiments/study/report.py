@@ -17,6 +17,7 @@ from rgvlm_ray.experiments.study.plots import curve_png, curve_rows, curve_secti
 from rgvlm_ray.experiments.study.tables import (
     LONG_K,
     METRICS,
+    chain_kind_table,
     diagnostics_table,
     figure4_table,
     mean_rows,
@@ -140,6 +141,9 @@ def markdown(study: dict[str, Any]) -> str:
             "### Targets (sub-task completion, mean over seeds)",
             "",
             targets(study, split),
+            "### Chains that repeat a sub-task (sub-task completion, k >= 2)",
+            "",
+            chain_kind_table(study, split),
             "### Does each learner select actions? (weights and expert agreement)",
             "",
             diagnostics_table(study) if split == s["splits"][0] else "(see the first split)\n",

@@ -296,6 +296,7 @@ def run_arm_seed(
             "substitutions": len(ev.get("substitutions") or []),
             "policy": ev.get("policy"),
             "by_k": ev["by_k"],
+            "by_chain_kind": ev.get("by_chain_kind"),
         }
     record["end_s"] = clock.now()
     return record

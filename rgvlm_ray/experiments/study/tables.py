@@ -96,6 +96,28 @@ def figure4_table(study: dict[str, Any], split: str, metric: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def chain_kind_table(study: dict[str, Any], split: str) -> str:
+    """Sub-task completion (k >= 2) on chains that repeat a sub-task and on the others, per arm (eval.json
+    `by_chain_kind`): where memory beyond the window binds (docs/iql.md, "Chains that repeat a sub-task")."""
+    lines = [
+        "| arm (read back) | seeds | chains repeating a sub-task | episodes | other chains | episodes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, runs in groups(study).items():
+        kinds = [run["evals"][split].get("by_chain_kind") for run in runs]
+        if not all(kinds):
+            lines.append(f"| {label} | {n_note(runs)} | not recorded (evaluated before issue 23) | | | |")
+            continue
+        cells = []
+        for kind in ("repeats_subtask", "distinct_subtasks"):
+            values = [
+                k[kind]["subtask_completion"] for k in kinds if k[kind]["subtask_completion"] is not None
+            ]
+            cells += [cell(values), str(sum(k[kind]["episodes"] for k in kinds))]
+        lines.append(f"| {label} | {n_note(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def mean_rows(study: dict[str, Any], split: str) -> dict[str, list[dict[str, Any]]]:
     """Per group, by_k-shaped rows of seed means (for the Figure-4 line plot)."""
     series = {}
