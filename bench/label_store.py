@@ -112,7 +112,9 @@ def load_seconds(raw: str, labels: list[str], reward: str) -> float:
     data.check_dataset(info, reward, cfg.iql.obs_mode)
     stats = data.reward_stats(info, cfg)
     vocab = Vocab.build(stats.goals, cfg.iql.max_vocab)
-    ds = data.transitions(read_dataset(info.data, data.episode_columns(cfg)), cfg, vocab, stats.scale(True))
+    ds = data.transitions(
+        read_dataset(info.data, data.episode_columns(cfg), cfg.ray), cfg, vocab, stats.scale(True)
+    )
     rows = sum(len(b["action"]) for b in ds.iter_batches(batch_size=4096, batch_format="numpy"))
     assert rows == stats.steps, (rows, stats.steps)
     return time.perf_counter() - start

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 import ray
 
@@ -17,13 +18,9 @@ def init_ray(cfg: RayConfig | None = None) -> None:
 
     A local head started here ends with this process, even on `kill -9`: Ray 2.60 starts its processes with
     prctl(PR_SET_PDEATHSIG) on Linux (its reaper process elsewhere); tests/test_small_points.py checks it."""
-    cfg = cfg or RayConfig()
-    # Per process, and read when a dataset is made: set even where Ray was started by someone else (tests, jobs).
-    import ray.data
-
-    ray.data.DataContext.get_current().use_datasource_v2 = cfg.parquet_reader_v2
     if ray.is_initialized():
         return
+    cfg = cfg or RayConfig()
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     kwargs: dict = {"log_to_driver": True, "include_dashboard": False} if not address else {}
     if not address:
@@ -32,6 +29,16 @@ def init_ray(cfg: RayConfig | None = None) -> None:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(address=address, **kwargs)
     log.info("ray: %s", ray.cluster_resources())
+
+
+def read_parquet(paths: str | list[str], cfg: RayConfig, **kwargs: Any):  # -> ray.data.Dataset
+    """`ray.data.read_parquet` with our choice of Ray Data's Parquet reader (`ray.parquet_reader_v2`). The choice
+    lives in the process's DataContext and is read when the dataset is made, so it is set here, at the read, and
+    not at start-up: commands that never read Parquet through Ray Data do not import ray.data for it."""
+    import ray.data
+
+    ray.data.DataContext.get_current().use_datasource_v2 = cfg.parquet_reader_v2
+    return ray.data.read_parquet(paths, **kwargs)
 
 
 def quiet_workers() -> None:

@@ -149,12 +149,12 @@ def alive(processes: dict[int, str]) -> dict[int, str]:
 
 
 def test_parquet_is_read_without_footer_reader_actors_unless_asked(ray_cluster, tmp_path):
-    """Ray Data's V2 Parquet reader starts footer-reader actors, a process each, on every read; `init_ray` picks
-    the V1 reader (its footers read in tasks) unless `ray.parquet_reader_v2` asks for V2."""
+    """Ray Data's V2 Parquet reader starts footer-reader actors, a process each, on every read; our reads
+    (`ray_utils.read_parquet`) take the V1 reader (its footers read in tasks) unless `ray.parquet_reader_v2`."""
     import ray.data
 
     from rgvlm_ray.config import RayConfig
-    from rgvlm_ray.ray_utils import init_ray
+    from rgvlm_ray.ray_utils import read_parquet
 
     write_dataset(str(tmp_path / "raw"), shards=2, per_shard=1, subtasks="1")
     context = ray.data.DataContext.get_current()
@@ -162,8 +162,7 @@ def test_parquet_is_read_without_footer_reader_actors_unless_asked(ray_cluster, 
     try:
         plans = {}
         for v2 in (False, True):
-            init_ray(RayConfig(parquet_reader_v2=v2))
-            ds = ray.data.read_parquet(str(tmp_path / "raw"), columns=["episode_id"])
+            ds = read_parquet(str(tmp_path / "raw"), RayConfig(parquet_reader_v2=v2), columns=["episode_id"])
             assert ds.count() == 2
             plans[v2] = ds.materialize().stats()
         assert "ReadParquet" in plans[False] and "ParquetV2" not in plans[False], plans[False]

@@ -293,7 +293,7 @@ def train(cfg: Config) -> dict:
     context = ray.data.DataContext.get_current()
     shown, context.enable_progress_bars = context.enable_progress_bars, False
     try:
-        episodes = read_dataset(info.data, data.episode_columns(cfg))
+        episodes = read_dataset(info.data, data.episode_columns(cfg), cfg.ray)
         transitions = data.transitions(episodes, cfg, vocab, scale, threshold)
     finally:
         context.enable_progress_bars = shown

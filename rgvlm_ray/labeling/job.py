@@ -169,10 +169,12 @@ def pool_size(episodes: int, episodes_per_batch: int, min_actors: int, max_actor
 def build_dataset(state: RunState, shards: list[ShardPlan]):  # -> ray.data.Dataset
     import ray
 
+    from rgvlm_ray.ray_utils import read_parquet
+
     cfg, lc = state.cfg, state.cfg.label
     fs, _ = storage.arrow_fs(lc.in_path, cfg.storage)
     names = {stripped(s.path, cfg.storage): s.name for s in shards}
-    ds = ray.data.read_parquet(list(names), filesystem=fs, include_paths=True)
+    ds = read_parquet(list(names), cfg.ray, filesystem=fs, include_paths=True)
     episodes = sum(s.rows_in or 0 for s in shards)
     actors = state.actors = pool_size(episodes, lc.episodes_per_batch, lc.min_actors, lc.max_actors)
     log.info("%d episode(s) in batches of %d: %d-%d label actor(s)", episodes, lc.episodes_per_batch, *actors)

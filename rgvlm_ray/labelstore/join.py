@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from rgvlm_ray import storage
-from rgvlm_ray.config import StorageConfig
+from rgvlm_ray.config import RayConfig, StorageConfig
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.labelstore import layout
@@ -186,15 +186,17 @@ def append_aligned(raw: pa.Table, labels: pa.Table, columns: list[str], where: s
     return raw
 
 
-def read_dataset(source: Source, columns: list[str]):  # -> ray.data.Dataset
+def read_dataset(source: Source, columns: list[str], ray_cfg: RayConfig):  # -> ray.data.Dataset
     """The joined dataset as Ray Data blocks, one read task per raw shard."""
     import ray
+
+    from rgvlm_ray.ray_utils import read_parquet
 
     shards = source.shards()
     if not source.labels:
         fs, _ = storage.arrow_fs(shards[0], source.cfg)
         paths = [storage.get_fs(s, source.cfg)[1] for s in shards]
-        return ray.data.read_parquet(paths, filesystem=fs, columns=columns)
+        return read_parquet(paths, ray_cfg, filesystem=fs, columns=columns)
     items = ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
     return items.map_batches(
         _read_batch, batch_size=1, batch_format="pyarrow", fn_kwargs={"source": source, "columns": columns}
