@@ -123,8 +123,11 @@ def finished_step(run: str, cfg: Config) -> int | None:
     return step if step >= cfg.train.steps else None
 
 
-def reusable_eval(out: str, step: int, cfg: Config, split: str) -> dict[str, Any] | None:
-    """eval.json in `out` when it evaluated this checkpoint step the way this study would."""
+def reusable_eval(
+    out: str, step: int, cfg: Config, split: str, checkpoint: str | None = None
+) -> dict[str, Any] | None:
+    """eval.json in `out` when it evaluated this checkpoint step the way this study would (and, when given, that
+    very `checkpoint`)."""
     fs, p = storage.get_fs(storage.join(out, "eval.json"), cfg.storage)
     if not fs.exists(p):
         return None
@@ -135,6 +138,7 @@ def reusable_eval(out: str, step: int, cfg: Config, split: str) -> dict[str, Any
         and ev.get("split") == split
         and ev.get("episodes_per_k") == cfg.eval.episodes_per_k
         and ev.get("policy") == cfg.eval.policy
+        and checkpoint in (None, ev.get("checkpoint"))
     )
     return ev if same else None
 
@@ -196,8 +200,7 @@ def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config, clock: Clock
         if source == "budgets":
             run = budget_dir(cfg, step)
             checkpoint = storage.join(run, checkpoint_name(step))
-            ev = reusable_eval(out, step, cfg, split)
-            ev = ev if ev is not None and ev.get("checkpoint") == checkpoint else None
+            ev = reusable_eval(out, step, cfg, split, checkpoint)
             budget = replace(cfg, train=replace(cfg.train, out_path=run, steps=step, checkpoint_every=step))
             if ev is None and finished_step(run, budget) is None:
                 log.info("learning curve of %s: a run of its own with a budget of %d updates", arm.name, step)
@@ -221,7 +224,7 @@ def learning_curve(ws: Workspace, arm: Arm, seed: int, cfg: Config, clock: Clock
                 checkpoint = storage.join(rerun, checkpoint_name(step))
             e = replace(cfg.eval, checkpoint=checkpoint, out=out, split=split)
             evaluate.evaluate(replace(cfg, eval=e))
-            ev = reusable_eval(out, step, cfg, split)
+            ev = reusable_eval(out, step, cfg, split, checkpoint)
             if ev is None:
                 raise RuntimeError(f"evaluating {checkpoint} left no matching eval.json in {out}")
         points.append(
