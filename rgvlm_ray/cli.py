@@ -387,6 +387,13 @@ def exit_process(code: int) -> NoReturn:
     os._exit(code)
 
 
+def config_error(exc: Exception) -> str:
+    """One line: OmegaConf's messages go on with full_key / reference_type / object_type lines."""
+    lines = str(exc).strip().splitlines() or [type(exc).__name__]
+    key = getattr(exc, "full_key", None)
+    return f"{lines[0]} (key {key})" if key and key not in lines[0] else lines[0]
+
+
 def run_command(argv: list[str]) -> int:
     if argv and argv[0] in COMMANDS and not COMMANDS[argv[0]].target:
         print(f"rgvlm {argv[0]}: not available yet in this version of rgvlm-ray.", file=sys.stderr)
@@ -412,7 +419,7 @@ def run_command(argv: list[str]) -> int:
     try:
         cfg = load_config(args.config, flags, dotlist)
     except (OmegaConfBaseException, ValueError, FileNotFoundError) as exc:
-        print(f"rgvlm {args.command}: bad configuration: {exc}", file=sys.stderr)
+        print(f"rgvlm {args.command}: bad configuration: {config_error(exc)}", file=sys.stderr)
         return 2
     module, func = cmd.target.split(":")  # type: ignore[union-attr]
     run = getattr(importlib.import_module(module), func)

@@ -88,3 +88,13 @@ def test_overrides_may_sit_between_flags(ray_cluster, tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:  # argparse's own exit, as for any unknown flag
         main(["generate", "--out", out, "a.b=1", "--episodes", "2", "--bogus"])
     assert stop.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "override", ["ray.parquet_reader_v2=maybe", "generate.episodes=many", "ray.num_cpus=[1]"]
+)
+def test_a_bad_config_value_is_one_line_naming_the_key(tmp_path, capsys, override):
+    assert main(["generate", "--out", str(tmp_path / "d"), override]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith("rgvlm generate: bad configuration: ") and override.split("=")[0] in err
