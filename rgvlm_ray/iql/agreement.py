@@ -15,6 +15,7 @@ from rgvlm_ray.data.env import MAX_SUBTASKS, derive_seed
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.checkpoint import load_policy
 from rgvlm_ray.iql.data import decode_observations
+from rgvlm_ray.iql.memory import episode_memory
 from rgvlm_ray.iql.model import IQLNet
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -49,7 +50,12 @@ def expert_agreement(
     for ep in episodes:
         obs, prev, valid = episode_windows(ep["obs"], ep["actions"], net.spec.context)
         ids, lengths = vocab.encode([ep["goal"]] * len(prev))
-        logits = net.logits(obs, prev, valid, torch.from_numpy(ids), torch.from_numpy(lengths))
+        memory = (
+            torch.from_numpy(episode_memory(ep["obs"], np.asarray(ep["actions"]))[:-1])
+            if net.spec.memory
+            else None
+        )
+        logits = net.logits(obs, prev, valid, torch.from_numpy(ids), torch.from_numpy(lengths), memory=memory)
         agree = (logits.argmax(-1).numpy() == np.asarray(ep[target])).astype(int)
         hits, total = hits + int(agree.sum()), total + len(agree)
         h, n = by_k.get(ep["k"], (0, 0))

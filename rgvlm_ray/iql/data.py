@@ -29,6 +29,7 @@ from rgvlm_ray.data import format as fmt
 from rgvlm_ray.data.actions import ActionSpace, action_space
 from rgvlm_ray.data.env import NUM_ACTIONS
 from rgvlm_ray.errors import UsageError
+from rgvlm_ray.iql.memory import MEMORY_DIM, episode_memory, resolve_memory
 from rgvlm_ray.iql.vocab import Vocab
 from rgvlm_ray.labelstore.join import Source
 from rgvlm_ray.labelstore.rewards import check_columns, episode_rewards, reward_columns
@@ -44,6 +45,7 @@ TRANSITION_COLUMNS = (
     *("obs", "next_obs", "action", "reward", "done", "goal_ids", "goal_length"),
     *("episode", "step", "keep"),  # for history windows: rows stay in episode order, dropped ones too
 )
+MEMORY_COLUMNS = ("memory", "next_memory")  # iql.memory=events: event counts at s and at s' (iql/memory.py)
 EPISODES_PER_BLOCK = 8  # small Parquet files arrive as one block; split them so decoding runs in parallel
 
 
@@ -214,8 +216,11 @@ def to_transitions(
     scale: float,
     vocab: Vocab,
     min_return: float | None = None,
+    memory: bool = False,
 ) -> dict[str, np.ndarray]:
     """A batch of episodes -> one row per step, in step order. Returns numpy arrays (Arrow tensors in Ray).
+    With `memory`, also each step's episode-memory counts at s and at s' (MEMORY_COLUMNS), computed here where
+    the whole episode is at hand (a Train worker's shard may hold only part of one).
 
     Rows that `null_reward=drop` leaves out are kept with keep=False: they are never sampled, but later
     steps' history windows still see their observations and actions. So are all rows of an episode whose
@@ -227,7 +232,8 @@ def to_transitions(
     terminated = batch.column("terminated").to_pylist()
     ids = batch.column("episode_id").to_pylist()
     rcols = {c: batch.column(c).to_pylist() for c in reward_columns(reward)}
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in TRANSITION_COLUMNS}
+    columns = (*TRANSITION_COLUMNS, *(MEMORY_COLUMNS if memory else ()))
+    parts: dict[str, list[np.ndarray]] = {c: [] for c in columns}
     for i in range(batch.num_rows):
         t = len(actions[i])
         if t == 0:
@@ -248,6 +254,10 @@ def to_transitions(
         parts["episode"].append(np.full(t, episode_key(ids[i]), dtype=np.int64))
         parts["step"].append(np.arange(t, dtype=np.int32))
         parts["keep"].append(keep)
+        if memory:
+            counts = episode_memory(obs, np.asarray(actions[i]))
+            parts["memory"].append(counts[:-1])
+            parts["next_memory"].append(counts[1:])
     if not parts["action"]:
         shape = (0, *fmt.SYMBOLIC_SHAPE) if obs_mode == "symbolic" else (0, 1, 1, 3)
         empty = {"obs": np.zeros(shape, np.uint8), "next_obs": np.zeros(shape, np.uint8)}
@@ -256,6 +266,8 @@ def to_transitions(
         )
         empty.update(goal_ids=np.zeros((0, vocab.max_len), np.int32), goal_length=np.zeros(0, np.int32))
         empty.update(episode=np.zeros(0, np.int64), step=np.zeros(0, np.int32), keep=np.zeros(0, bool))
+        for c in MEMORY_COLUMNS if memory else ():
+            empty[c] = np.zeros((0, MEMORY_DIM), np.uint8)
         return empty
     return {c: np.concatenate(v) for c, v in parts.items()}
 
@@ -275,6 +287,7 @@ def transitions(
             "scale": scale,
             "vocab": vocab,
             "min_return": min_return,
+            "memory": resolve_memory(cfg.iql.memory, cfg.iql.obs_mode) > 0,
         },
     )
 
@@ -294,11 +307,11 @@ def load_buffer(batches: Any) -> ReplayBuffer:
     """Concatenate an iterator of numpy transition batches (a worker's whole shard) into a ReplayBuffer."""
     from rgvlm_ray.iql.update import ReplayBuffer  # torch: kept out of the Ray Data tasks that import us
 
-    parts: dict[str, list[np.ndarray]] = {c: [] for c in TRANSITION_COLUMNS}
+    parts: dict[str, list[np.ndarray]] = {}
     for batch in batches:
-        for c in TRANSITION_COLUMNS:
-            parts[c].append(batch[c])
-    if not parts["action"]:
+        for c in (*TRANSITION_COLUMNS, *(c for c in MEMORY_COLUMNS if c in batch)):
+            parts.setdefault(c, []).append(batch[c])
+    if not parts.get("action"):
         raise RuntimeError("this worker's dataset shard is empty: use fewer --workers or more episodes")
     return ReplayBuffer.from_numpy({c: np.concatenate(v) for c, v in parts.items()})
 

@@ -35,6 +35,7 @@ from rgvlm_ray.data.env import (
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.agreement import agreement_task
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
+from rgvlm_ray.iql.memory import step_events
 from rgvlm_ray.iql.model import IQLNet
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -59,6 +60,9 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
         goals: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         window: deque[tuple[torch.Tensor, int]] = deque(maxlen=context)
         last_action = [0]  # 0: none yet; else action + 1, as in training windows
+        # Episode memory (iql/memory.py): counts of the events of the steps taken so far, as training built them.
+        counts = np.zeros((1, net.spec.memory), dtype=np.int32)
+        last_symbolic: list[np.ndarray] = []
 
         @torch.no_grad()
         def act(view: dict) -> int:
@@ -75,11 +79,19 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
                     last_action[0],
                 )
             )
+            memory = None
+            if net.spec.memory:
+                symbolic = np.asarray(view["symbolic"])
+                if last_symbolic:
+                    before, action = last_symbolic[0][None], np.array([last_action[0] - 1])
+                    counts[:] += step_events(before, action, symbolic[None])
+                last_symbolic[:] = [symbolic]
+                memory = torch.from_numpy(np.minimum(counts, 255).astype(np.uint8))
             pad = context - len(window)
             obs = torch.stack([window[0][0]] * pad + [o for o, _ in window])[None]
             prev = torch.tensor([[0] * pad + [a for _, a in window]])
             valid = torch.tensor([[False] * pad + [True] * len(window)])
-            logits = net.logits(obs, prev, valid, *goals[mission])[0]
+            logits = net.logits(obs, prev, valid, *goals[mission], memory=memory)[0]
             if greedy:
                 action = int(logits.argmax())
             else:

@@ -11,6 +11,9 @@ door") is not Markov in one 7x7 view: only the recent past says which part is do
   projections (they are linear), so the windows ending at s and at s' share every token: one pass encodes both.
 - Goal: words + learned positions; the history state attends over them (`attn`), so it can point at the
   current sub-task's clause. `gru` and `mean` pool the goal once instead (the pre-history encoders).
+- Memory (`iql.memory=events`, rgvlm_ray/iql/memory.py): counts of what the agent has faced, picked up,
+  dropped and toggled since the episode began, log(1 + count), projected and added to the history state
+  before it picks a goal clause: the window cannot say which occurrence of a repeated sub-task is due.
 - Heads on the features z: twin Q(., a), V, pi(a), each a 2-layer MLP.
 Deviation from the paper and CORL: there Q1, Q2, V and the actor are four separate networks. Sharing one
 encoder is what makes history, pixels and language affordable on CPU; the twin Q heads stay separate MLPs.
@@ -49,6 +52,7 @@ class ModelSpec:
     history: str = "transformer"
     token_dim: int = 128
     clause_sep: int = -1  # vocabulary id of "," (goal clauses for goal_encoder=attn); -1: none
+    memory: int = 0  # width of the episode-memory input (memory.MEMORY_DIM), 0: none (checkpoints before it)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -228,6 +232,7 @@ class IQLNet(nn.Module):
         self.action_embed = nn.Embedding(spec.num_actions + 1, d)
         self.film = nn.Linear(d, 2 * d)
         self.history = History(spec.history, d, spec.context)
+        self.memory = nn.Linear(spec.memory, d) if spec.memory else None
         self.goal_query = nn.Linear(d, d)
         self.trunk = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU())
         self.q1 = mlp_head(h, spec.num_actions)
@@ -244,11 +249,13 @@ class IQLNet(nn.Module):
         goal_lengths: torch.Tensor,
         goal_index: torch.Tensor,
         queries: int,
+        memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Features z (B, Q, hidden) for the windows ending at the last `queries` of P positions.
 
         obs (B, P, ...) uint8, prev_action (B, P) int64 (0 = none, else action + 1), valid (B, P) bool;
-        each distinct goal (goal_ids row) is encoded once and gathered by goal_index (B,).
+        each distinct goal (goal_ids row) is encoded once and gathered by goal_index (B,); memory (B, Q, M)
+        uint8 event counts at each window's last step, required when the spec has memory.
         """
         b, p = prev_action.shape
         g_tokens, g_mask, g_pooled = self.goal_encoder(goal_ids, goal_lengths)
@@ -259,6 +266,10 @@ class IQLNet(nn.Module):
         gamma, beta = self.film(pooled).chunk(2, dim=-1)
         tokens = tokens * (1 + gamma[:, None]) + beta[:, None]
         state = self.history(tokens, valid, queries)  # (B, Q, D)
+        if self.memory is not None:
+            if memory is None:
+                raise ValueError("this model reads episode memory (spec.memory > 0): pass memory counts")
+            state = state + self.memory(torch.log1p(memory.float()))
         # The history state picks the goal clause it needs now (with one pooled goal, K = 1, that is it).
         keys, mask = g_tokens[goal_index], g_mask[goal_index]  # (B, K, D), (B, K)
         scores = torch.bmm(self.goal_query(state), keys.transpose(1, 2)) / math.sqrt(keys.shape[-1])
@@ -275,12 +286,14 @@ class IQLNet(nn.Module):
         goal_lengths: torch.Tensor,
         goal_index: torch.Tensor,
         actor_trains_encoder: bool = False,
+        memory: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The fused training pass over C + 1 positions (the windows ending at s and at s').
 
         Returns z(s) without gradient (for the target heads), (q1, q2, v, logits) at s, and v at s'.
+        memory: (B, 2, M) counts at s and at s'.
         """
-        z = self.encode(obs, prev_action, valid, goal_ids, goal_lengths, goal_index, queries=2)
+        z = self.encode(obs, prev_action, valid, goal_ids, goal_lengths, goal_index, queries=2, memory=memory)
         z_s, z_next = z[:, 0], z[:, 1].detach()  # s' only feeds the target r + gamma * V(s')
         z_pi = z_s if actor_trains_encoder else z_s.detach()
         with torch.no_grad():
@@ -294,10 +307,12 @@ class IQLNet(nn.Module):
         valid: torch.Tensor,
         goal_ids: torch.Tensor,
         goal_lengths: torch.Tensor,
+        memory: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Policy logits for windows (B, C, ...) ending at the current step, one goal per row."""
+        """Policy logits for windows (B, C, ...) ending at the current step, one goal per row; memory (B, M)."""
         index = torch.arange(obs.shape[0], device=obs.device)
-        z = self.encode(obs, prev_action, valid, goal_ids, goal_lengths, index, queries=1)
+        mem = None if memory is None else memory[:, None]
+        z = self.encode(obs, prev_action, valid, goal_ids, goal_lengths, index, queries=1, memory=mem)
         return self.pi(z[:, 0])
 
 

@@ -19,6 +19,7 @@ from rgvlm_ray.data.env import NUM_ACTIONS
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql import checkpoint as ckpt
 from rgvlm_ray.iql import data
+from rgvlm_ray.iql.memory import resolve_memory
 from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.update import (
     ADV_NORMS,
@@ -51,6 +52,7 @@ def model_spec(cfg: Config, vocab: Vocab) -> ModelSpec:
     return ModelSpec(
         *(i.obs_mode, len(vocab), NUM_ACTIONS, i.hidden, i.embed_dim, i.goal_encoder),
         *(i.context, i.history, i.token_dim, vocab.clause_separator()),
+        memory=resolve_memory(i.memory, i.obs_mode),
     )
 
 
@@ -96,7 +98,7 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     buffer = data.load_buffer(shard.iter_batches(batch_size=4096, batch_format="numpy"))
     if device.type != "cpu":
-        buffer = type(buffer)(**{k: v.to(device) for k, v in vars(buffer).items()})
+        buffer = type(buffer)(**{k: v if v is None else v.to(device) for k, v in vars(buffer).items()})
 
     spec = model_spec(cfg, vocab)
     net = IQLNet(spec).to(device)
@@ -221,6 +223,10 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"iql.history must be one of {HISTORIES}, got {i.history!r}")
     if i.context < 1:
         raise UsageError(f"iql.context must be >= 1 (1: memoryless), got {i.context}")
+    try:
+        resolve_memory(i.memory, i.obs_mode)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     for key, value, allowed in (
         ("learner", i.learner, LEARNERS),
         ("adv_norm", i.adv_norm, ADV_NORMS),

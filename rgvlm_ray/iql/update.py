@@ -57,9 +57,11 @@ class Batch:
     goal_ids: torch.Tensor  # (G, L) int64: the distinct goals in this batch
     goal_lengths: torch.Tensor  # (G,)
     goal_index: torch.Tensor  # (B,) row of goal_ids for each transition
+    memory: torch.Tensor | None = None  # (B, 2, M) uint8 episode-memory counts at s and s' (iql/memory.py)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(**{f.name: getattr(self, f.name).to(device, non_blocking=True) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Batch(**{k: v if v is None else v.to(device, non_blocking=True) for k, v in moved.items()})
 
 
 @dataclass
@@ -79,6 +81,8 @@ class ReplayBuffer:
     goal_row: torch.Tensor  # (N,) index into goal_ids
     goal_ids: torch.Tensor  # (G, L)
     goal_lengths: torch.Tensor  # (G,)
+    memory: torch.Tensor | None = None  # (N, M) uint8 episode-memory counts at s; None: no memory columns
+    next_memory: torch.Tensor | None = None  # (N, M) at s'
 
     def __len__(self) -> int:
         return int(self.keep.shape[0])
@@ -104,6 +108,8 @@ class ReplayBuffer:
             goal_row=goal_row,
             goal_ids=goal_ids,
             goal_lengths=lengths,
+            memory=t("memory", torch.uint8) if "memory" in cols else None,
+            next_memory=t("next_memory", torch.uint8) if "next_memory" in cols else None,
         )
 
     def window(self, idx: torch.Tensor, context: int) -> tuple[torch.Tensor, ...]:
@@ -134,6 +140,9 @@ class ReplayBuffer:
             goal_ids=self.goal_ids[rows],
             goal_lengths=self.goal_lengths[rows],
             goal_index=goal_index,
+            memory=None
+            if self.memory is None or self.next_memory is None
+            else torch.stack([self.memory[idx], self.next_memory[idx]], 1),
         )
 
 
@@ -205,6 +214,7 @@ def iql_update(
         batch.goal_lengths,
         batch.goal_index,
         cfg.actor_trains_encoder or cfg.learner != "iql",  # BC has no critic to train the encoder
+        memory=batch.memory,
     )
     with torch.no_grad():
         # online: the Polyak heads lag the shared encoder they read (deviation 8), so on a fast-moving encoder
