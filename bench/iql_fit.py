@@ -128,7 +128,9 @@ def main() -> None:
     vocab = Vocab.build(table.column("goal").to_pylist(), base.iql.max_vocab)
     # The same buffer and agreement episodes for every variant: built once, with episode memory (a variant
     # without it ignores those columns).
-    transitions = to_transitions(table, "symbolic", "sparse", {"sparse": 1.0}, "zero", 1.0, vocab, memory=True)
+    transitions = to_transitions(
+        table, "symbolic", "sparse", {"sparse": 1.0}, "zero", 1.0, vocab, memory=True
+    )
     buffer = load_buffer([transitions])
     episodes = table_episodes(table, need_expert=False)
     print(

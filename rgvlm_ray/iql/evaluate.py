@@ -35,7 +35,7 @@ from rgvlm_ray.data.env import (
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.agreement import agreement_task
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
-from rgvlm_ray.iql.memory import step_events
+from rgvlm_ray.iql.memory import CAP, step_events
 from rgvlm_ray.iql.model import IQLNet
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -86,7 +86,7 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
                     before, action = last_symbolic[0][None], np.array([last_action[0] - 1])
                     counts[:] += step_events(before, action, symbolic[None])
                 last_symbolic[:] = [symbolic]
-                memory = torch.from_numpy(np.minimum(counts, 255).astype(np.uint8))
+                memory = torch.from_numpy(np.minimum(counts, CAP).astype(np.uint8))
             pad = context - len(window)
             obs = torch.stack([window[0][0]] * pad + [o for o, _ in window])[None]
             prev = torch.tensor([[0] * pad + [a for _, a in window]])

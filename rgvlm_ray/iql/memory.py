@@ -3,9 +3,9 @@
 A chain that repeats a sub-task ("open the red door, then go to the ball, then open the red door") is not
 solvable from a window of the last `iql.context` steps: once the first occurrence has left the window, only a
 memory of it says which occurrence is due (BENCHMARKS.md, "Chains that repeat a sub-task"). This memory is
-carried through the whole episode at no encoder cost: after every step, the object in the cell the agent faces
-(in its own 7x7 view, so nothing privileged) is counted as faced, and a pickup, drop or toggle is counted
-against the object it acted on. The policy reads log(1 + count) per (event, object) beside its window.
+carried through the whole episode at no encoder cost: every pickup, drop or toggle is counted against the object
+it acted on (read from the cell in front of the agent in its own 7x7 view, so nothing privileged). The policy
+reads each (event, object) count, capped at CAP, beside its window.
 
 Numpy only: Ray Data tasks compute it for training (rgvlm_ray.iql.data), evaluation updates it step by step
 (rgvlm_ray.iql.evaluate), both through `step_events`, so the two cannot drift apart.
@@ -19,7 +19,8 @@ FRONT = (3, 5)  # the cell in front of the agent in BabyAI's 7x7 egocentric grid
 OBJECT_TYPES = (4, 5, 6, 7)  # door, key, ball, box (minigrid OBJECT_TO_IDX): what a sub-task names
 COLOURS = 6
 PICKUP, DROP, TOGGLE = 3, 4, 5  # minigrid Actions
-EVENTS = ("faced", "pickup", "drop", "toggle")
+EVENTS = ("pickup", "drop", "toggle")
+CAP = 3  # counts beyond this say nothing a chain of <= 6 sub-tasks needs, and would tie the policy to the bot's habits
 OBJECTS = len(OBJECT_TYPES) * COLOURS
 MEMORY_DIM = len(EVENTS) * OBJECTS
 KINDS = ("none", "events", "auto")
@@ -47,8 +48,8 @@ def _object(cells: np.ndarray) -> np.ndarray:
 def step_events(before: np.ndarray, actions: np.ndarray, after: np.ndarray) -> np.ndarray:
     """Observations before (T, 7, 7, 3), actions (T,), observations after (T, 7, 7, 3) -> events (T, MEMORY_DIM).
 
-    faced: the object in front after the step; pickup and toggle: the object in front before it (what was
-    acted on); drop: the object in front after it (what was put down).
+    pickup and toggle: the object in front before the step (what was acted on); drop: the object in front after
+    it (what was put down).
     """
     t = len(actions)
     out = np.zeros((t, MEMORY_DIM), dtype=np.uint8)
@@ -57,10 +58,9 @@ def step_events(before: np.ndarray, actions: np.ndarray, after: np.ndarray) -> n
     front_before = _object(before[:, FRONT[0], FRONT[1]])
     front_after = _object(after[:, FRONT[0], FRONT[1]])
     channels = (
-        (0, front_after, np.ones(t, dtype=bool)),
-        (1, front_before, actions == PICKUP),
-        (2, front_after, actions == DROP),
-        (3, front_before, actions == TOGGLE),
+        (0, front_before, actions == PICKUP),
+        (1, front_after, actions == DROP),
+        (2, front_before, actions == TOGGLE),
     )
     for channel, obj, when in channels:
         hit = when & (obj >= 0)
@@ -70,7 +70,7 @@ def step_events(before: np.ndarray, actions: np.ndarray, after: np.ndarray) -> n
 
 def episode_memory(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
     """An episode's T + 1 observations and T actions -> memory (T + 1, MEMORY_DIM) uint8: row t counts the events
-    of steps 0..t-1 (row 0 is empty), saturating at 255."""
+    of steps 0..t-1 (row 0 is empty), capped at CAP."""
     events = step_events(obs[:-1], actions, obs[1:]).astype(np.int32)
     counts = np.concatenate([np.zeros((1, MEMORY_DIM), np.int32), np.cumsum(events, axis=0)])
-    return np.minimum(counts, 255).astype(np.uint8)
+    return np.minimum(counts, CAP).astype(np.uint8)

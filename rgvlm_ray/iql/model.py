@@ -11,9 +11,9 @@ door") is not Markov in one 7x7 view: only the recent past says which part is do
   projections (they are linear), so the windows ending at s and at s' share every token: one pass encodes both.
 - Goal: words + learned positions; the history state attends over them (`attn`), so it can point at the
   current sub-task's clause. `gru` and `mean` pool the goal once instead (the pre-history encoders).
-- Memory (`iql.memory=events`, rgvlm_ray/iql/memory.py): counts of what the agent has faced, picked up,
-  dropped and toggled since the episode began, log(1 + count), projected and added to the history state
-  before it picks a goal clause: the window cannot say which occurrence of a repeated sub-task is due.
+- Memory (`iql.memory=events`, rgvlm_ray/iql/memory.py): counts (capped) of what the agent has picked up,
+  dropped and toggled since the episode began, projected and added to the history state before it picks a
+  goal clause: the window cannot say which occurrence of a repeated sub-task is due.
 - Heads on the features z: twin Q(., a), V, pi(a), each a 2-layer MLP.
 Deviation from the paper and CORL: there Q1, Q2, V and the actor are four separate networks. Sharing one
 encoder is what makes history, pixels and language affordable on CPU; the twin Q heads stay separate MLPs.
@@ -269,7 +269,7 @@ class IQLNet(nn.Module):
         if self.memory is not None:
             if memory is None:
                 raise ValueError("this model reads episode memory (spec.memory > 0): pass memory counts")
-            state = state + self.memory(torch.log1p(memory.float()))
+            state = state + self.memory(memory.float())
         # The history state picks the goal clause it needs now (with one pooled goal, K = 1, that is it).
         keys, mask = g_tokens[goal_index], g_mask[goal_index]  # (B, K, D), (B, K)
         scores = torch.bmm(self.goal_query(state), keys.transpose(1, 2)) / math.sqrt(keys.shape[-1])
