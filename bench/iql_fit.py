@@ -47,8 +47,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "clip": ("lr 1e-3 clip 1.0", {"lr": 1e-3, "actor_cosine": False, "grad_clip": 1.0}, False),
     "batch512": ("lr 1e-3 batch 512", {"lr": 1e-3, "actor_cosine": False, "batch_size": 512}, False),
     "lr3e-3": ("lr 3e-3 constant", {"lr": 3e-3, "actor_cosine": False}, False),
-    "cos1e-3": ("lr 1e-3 cosine (the default: episode memory on)", {"lr": 1e-3}, True),
-    "nomem": ("lr 1e-3 cosine, no episode memory", {"lr": 1e-3, "memory": "none"}, True),
+    "cos1e-3": ("lr 1e-3 cosine", {"lr": 1e-3}, True),
+    "memory": ("lr 1e-3 cosine, episode memory", {"lr": 1e-3, "memory": "events"}, True),
     "small": ("lr 1e-3 cosine, token 64, hidden 128", {"lr": 1e-3, "token_dim": 64, "hidden": 128}, True),
 }
 
@@ -126,8 +126,8 @@ def main() -> None:
     table = expert_table(args.episodes, args.seed)
     base = load_config(dotlist=["iql.learner=bc"])
     vocab = Vocab.build(table.column("goal").to_pylist(), base.iql.max_vocab)
-    # The same buffer and agreement episodes for every variant: built once, with episode memory (a variant
-    # without it ignores those columns).
+    # The same buffer and agreement episodes for every variant: built once, with episode-memory columns (a model
+    # without memory ignores them).
     transitions = to_transitions(
         table, "symbolic", "sparse", {"sparse": 1.0}, "zero", 1.0, vocab, memory=True
     )

@@ -146,20 +146,24 @@ def test_agreement_feeds_memory_and_a_model_without_it_loads() -> None:
 
 @pytest.mark.parametrize(
     ("kind", "obs_mode", "width"),
-    [
-        ("auto", "symbolic", MEMORY_DIM),
-        ("auto", "image", 0),
-        ("none", "symbolic", 0),
-        ("events", "symbolic", 72),
-    ],
+    [("none", "symbolic", 0), ("none", "image", 0), ("events", "symbolic", MEMORY_DIM)],
 )
 def test_memory_setting(kind: str, obs_mode: str, width: int) -> None:
     assert resolve_memory(kind, obs_mode) == width
 
 
 def test_memory_setting_refuses_what_it_cannot_read() -> None:
-    assert IQLConfig().memory == "auto"
+    assert IQLConfig().memory == "none"
     with pytest.raises(ValueError, match="iql.obs_mode=symbolic"):
         resolve_memory("events", "image")
     with pytest.raises(ValueError, match="must be one of"):
-        resolve_memory("gru", "symbolic")
+        resolve_memory("auto", "symbolic")
+
+
+def test_train_refuses_event_memory_on_images_in_one_line(tmp_path, capsys) -> None:
+    from rgvlm_ray.cli import main as cli
+
+    args = ["train", "--in", str(tmp_path), "--out", str(tmp_path / "run"), "iql.memory=events"]
+    assert cli([*args, "iql.obs_mode=image"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "iql.memory=none" in err, err

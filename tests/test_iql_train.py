@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 from rgvlm_ray.cli import main as cli
 from rgvlm_ray.data import format as fmt
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy
+from rgvlm_ray.iql.memory import MEMORY_DIM
 from rgvlm_ray.labelers.oracle import oracle_label
 from tests.helpers import generated_table
 
@@ -123,14 +124,29 @@ def test_train_rejects_an_unknown_reward_mode(tmp_path, capsys) -> None:
 
 
 def test_train_writes_checkpoints_to_s3(ray_cluster, quick_train_controller, s3_env, tmp_path) -> None:
-    """Episodes from s3://, checkpoints to s3:// (RunConfig(storage_filesystem=...)), loaded back from there."""
+    """Episodes from s3://, checkpoints to s3:// (RunConfig(storage_filesystem=...)), loaded back from there.
+    With episode memory on: its columns travel through Ray Data into the worker's buffer."""
     data = labeled_dataset("s3://rgvlm-test/iql-data", episodes=4)
     out = "s3://rgvlm-test/runs/iql"
-    assert cli(["train", "--in", data, "--out", out, "--reward", "sparse", "--steps", "2", *TINY]) == 0
+    args = [
+        "train",
+        "--in",
+        data,
+        "--out",
+        out,
+        "--reward",
+        "sparse",
+        "--steps",
+        "2",
+        *TINY,
+        "iql.memory=events",
+    ]
+    assert cli(args) == 0
     latest = latest_checkpoint(out)
     assert latest == f"{out}/checkpoint_00000002"
     net, vocab, run = load_policy(latest)
     assert run["step"] == 2 and run["reward"] == "sparse" and len(vocab) > 2 and net.spec.hidden == 32
+    assert net.spec.memory == MEMORY_DIM
 
 
 def test_train_refuses_a_context_longer_than_any_episode(tmp_path, capsys) -> None:

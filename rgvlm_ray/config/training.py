@@ -13,9 +13,9 @@ class IQLConfig:
     obs_mode: str = "symbolic"  # symbolic (BabyAI 7x7x3 grid, fast on CPU) | image (56x56 agent-view frames)
     context: int = 8  # observations per window (and the actions between them); 1: memoryless (docs/iql.md)
     history: str = "transformer"  # sequence model over the window: transformer | gru
-    # Episode memory beside the window (iql/memory.py, docs/iql.md "Memory"): events = counts of the objects the
-    # agent faced, picked up, dropped and toggled so far (symbolic obs only) | none | auto (events if symbolic)
-    memory: str = "auto"
+    # Episode memory beside the window (iql/memory.py, docs/iql.md "Episode memory"): none | events = counts of
+    # the objects the agent picked up, dropped and toggled so far (symbolic obs only). Off: it did not help (measured)
+    memory: str = "none"
     token_dim: int = 128  # width of one step's token in the window
     hidden: int = 256
     goal_encoder: str = "attn"  # attn (position-aware, attended by the history) | gru | mean

@@ -23,19 +23,19 @@ EVENTS = ("pickup", "drop", "toggle")
 CAP = 3  # counts beyond this say nothing a chain of <= 6 sub-tasks needs, and would tie the policy to the bot's habits
 OBJECTS = len(OBJECT_TYPES) * COLOURS
 MEMORY_DIM = len(EVENTS) * OBJECTS
-KINDS = ("none", "events", "auto")
+KINDS = ("none", "events")
 
 
 def resolve_memory(kind: str, obs_mode: str) -> int:
-    """iql.memory -> the model's memory width (0: none). `auto` uses events where they can be read."""
+    """iql.memory -> the model's memory width (0: none)."""
     if kind not in KINDS:
         raise ValueError(f"iql.memory must be one of {KINDS}, got {kind!r}")
     if kind == "events" and obs_mode != "symbolic":
         raise ValueError(
             "iql.memory=events reads objects from BabyAI's symbolic grid: use iql.obs_mode=symbolic, or "
-            "iql.memory=none (or auto) for image observations"
+            "iql.memory=none for image observations"
         )
-    return MEMORY_DIM if kind == "events" or (kind == "auto" and obs_mode == "symbolic") else 0
+    return MEMORY_DIM if kind == "events" else 0
 
 
 def _object(cells: np.ndarray) -> np.ndarray:
