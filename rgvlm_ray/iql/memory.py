@@ -7,6 +7,9 @@ carried through the whole episode at no encoder cost: every pickup, drop or togg
 it acted on (read from the cell in front of the agent in its own 7x7 view, so nothing privileged). The policy
 reads each (event, object) count, capped at CAP, beside its window.
 
+Off by default (`iql.memory=none`): measured, it did not help the repeating chains and cost the others
+(docs/iql.md, "Episode memory"; BENCHMARKS.md). It stays as an option for the experiments that follow.
+
 Numpy only: Ray Data tasks compute it for training (rgvlm_ray.iql.data), evaluation updates it step by step
 (rgvlm_ray.iql.evaluate), both through `step_events`, so the two cannot drift apart.
 """
@@ -20,7 +23,7 @@ OBJECT_TYPES = (4, 5, 6, 7)  # door, key, ball, box (minigrid OBJECT_TO_IDX): wh
 COLOURS = 6
 PICKUP, DROP, TOGGLE = 3, 4, 5  # minigrid Actions
 EVENTS = ("pickup", "drop", "toggle")
-CAP = 3  # counts beyond this say nothing a chain of <= 6 sub-tasks needs, and would tie the policy to the bot's habits
+CAP = 3  # a chain of <= 6 sub-tasks names an object at most 3 times
 OBJECTS = len(OBJECT_TYPES) * COLOURS
 MEMORY_DIM = len(EVENTS) * OBJECTS
 KINDS = ("none", "events")
