@@ -23,7 +23,7 @@ OBJECT_TYPES = (4, 5, 6, 7)  # door, key, ball, box (minigrid OBJECT_TO_IDX): wh
 COLOURS = 6
 PICKUP, DROP, TOGGLE = 3, 4, 5  # minigrid Actions
 EVENTS = ("pickup", "drop", "toggle")
-CAP = 3  # a chain of <= 6 sub-tasks names an object at most 3 times
+CAP = 3  # enough to tell a first, a second and a later occurrence apart
 OBJECTS = len(OBJECT_TYPES) * COLOURS
 MEMORY_DIM = len(EVENTS) * OBJECTS
 KINDS = ("none", "events")
