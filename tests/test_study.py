@@ -251,7 +251,15 @@ def test_baseline_rows_and_weight_diagnostics_come_from_what_each_run_read_back(
         "`oracle+sparse` above `bc` at k >= 3 (IQL uses the reward): 0.400 vs 0.200; higher, CIs do not overlap. **Met.**"
         in text
     )
-    assert "expert-action agreement, `oracle+sparse` above `bc`: 0.800 vs 0.610" in text
+    assert (
+        "expert-action agreement, `oracle+sparse` above `bc`: 0.800 vs 0.610; higher, CIs do not overlap. **Met.**"
+        in text
+    )
+    # A higher mean whose CI overlaps bc's is not met (the issue-23 study printed "CIs overlap ... Met.").
+    for seed, agreement in enumerate([0.5, 0.8, 0.65]):
+        runs[seed]["evals"]["seen"]["expert_agreement"] = agreement
+    text = targets(_study(runs), "seen")
+    assert "0.650 vs 0.610; CIs overlap: cannot be told apart. **Not met.**" in text
     assert "ceiling (BC on noise-free expert data, one seed) at k >= 3: 0.700" in text
 
 

@@ -268,7 +268,7 @@ def targets(study: dict[str, Any], split: str) -> str:
         v = _verdict(o, b)
         lines.append(
             f"- expert-action agreement, `oracle+sparse` above `bc`: {o[0]:.3f} vs {b[0]:.3f}; {v}. "
-            f"{'**Met.**' if o[0] > b[0] else '**Not met.**'}"
+            f"{'**Met.**' if v.startswith('higher') else '**Not met.**'}"
         )
     if CEILING_ROW in runs:
         c = stat(CEILING_ROW, long_ks)
