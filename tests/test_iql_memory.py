@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
@@ -29,7 +30,8 @@ from rgvlm_ray.iql.vocab import Vocab
 PICKUP, TOGGLE = 3, 5
 
 
-def bot_episode(want: set[int]) -> tuple:
+@functools.cache  # one search per action set for the whole file
+def bot_episode(want: frozenset[int]) -> tuple:
     """A noise-free bot episode whose actions include every action in `want`, with the env's own record of what
     each pickup picked up and each toggle toggled: (spec, views, actions, truth {step: (action, type, colour)})."""
     cfg = EnvConfig()
@@ -62,7 +64,7 @@ def channel_index(channel: int, obj_type: str, colour: str) -> int:
 
 
 def test_memory_counts_what_the_env_says_was_picked_up_and_toggled() -> None:
-    _, views, actions, truth = bot_episode({PICKUP, TOGGLE})
+    _, views, actions, truth = bot_episode(frozenset({PICKUP, TOGGLE}))
     memory = episode_memory(views, actions)
     assert memory.shape == (len(actions) + 1, MEMORY_DIM) and not memory[0].any()
     assert (np.diff(memory.astype(int), axis=0) >= 0).all()  # counts only grow
@@ -81,7 +83,7 @@ def test_memory_counts_what_the_env_says_was_picked_up_and_toggled() -> None:
 def test_evaluation_tracks_the_memory_training_computes() -> None:
     """Replay a bot episode through checkpoint_policy (the net scripted to the bot's actions): the memory the
     policy is given at each step is the training data's memory (episode_memory) at that step."""
-    spec, views, actions, _ = bot_episode({PICKUP})
+    spec, views, actions, _ = bot_episode(frozenset({PICKUP}))
     vocab = Vocab.build(["go to the red ball, then pick up a key"])
     net = IQLNet(ModelSpec("symbolic", len(vocab), NUM_ACTIONS, 32, 8, context=4, memory=MEMORY_DIM))
     seen: list[np.ndarray] = []
@@ -97,7 +99,7 @@ def test_evaluation_tracks_the_memory_training_computes() -> None:
 
 
 def test_buffer_windows_carry_memory_at_s_and_next() -> None:
-    _, views, actions, _ = bot_episode({PICKUP})
+    _, views, actions, _ = bot_episode(frozenset({PICKUP}))
     memory = episode_memory(views, actions)
     t = len(actions)
     cols = {
@@ -124,7 +126,7 @@ def test_buffer_windows_carry_memory_at_s_and_next() -> None:
 
 def test_agreement_feeds_memory_and_a_model_without_it_loads() -> None:
     vocab = Vocab.build(["go to the red ball"])
-    _, views, actions, _ = bot_episode({PICKUP})
+    _, views, actions, _ = bot_episode(frozenset({PICKUP}))
     episode = {
         "goal": "go to the red ball",
         "obs": views,
