@@ -35,7 +35,7 @@ from rgvlm_ray.data.env import (
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.agreement import agreement_task
 from rgvlm_ray.iql.checkpoint import latest_checkpoint, load_policy, read_json
-from rgvlm_ray.iql.memory import CAP, step_events
+from rgvlm_ray.iql.memory import advance
 from rgvlm_ray.iql.model import IQLNet
 from rgvlm_ray.iql.vocab import Vocab
 
@@ -61,7 +61,7 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
         window: deque[tuple[torch.Tensor, int]] = deque(maxlen=context)
         last_action = [0]  # 0: none yet; else action + 1, as in training windows
         # Episode memory (iql/memory.py): counts of the events of the steps taken so far, as training built them.
-        counts = np.zeros((1, net.spec.memory), dtype=np.int32)
+        counts = np.zeros(net.spec.memory, dtype=np.uint8)
         last_symbolic: list[np.ndarray] = []
 
         @torch.no_grad()
@@ -83,10 +83,9 @@ def checkpoint_policy(net: IQLNet, vocab: Vocab, greedy: bool, seed: int) -> Pol
             if net.spec.memory:
                 symbolic = np.asarray(view["symbolic"])
                 if last_symbolic:
-                    before, action = last_symbolic[0][None], np.array([last_action[0] - 1])
-                    counts[:] += step_events(before, action, symbolic[None])
+                    counts[:] = advance(counts, last_symbolic[0], last_action[0] - 1, symbolic)
                 last_symbolic[:] = [symbolic]
-                memory = torch.from_numpy(np.minimum(counts, CAP).astype(np.uint8))
+                memory = torch.from_numpy(counts.copy())[None]
             pad = context - len(window)
             obs = torch.stack([window[0][0]] * pad + [o for o, _ in window])[None]
             prev = torch.tensor([[0] * pad + [a for _, a in window]])

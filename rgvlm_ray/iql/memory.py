@@ -10,8 +10,8 @@ reads each (event, object) count, capped at CAP, beside its window.
 Off by default (`iql.memory=none`): measured, it did not help the repeating chains and cost the others
 (docs/iql.md, "Episode memory"; BENCHMARKS.md). It stays as an option for the experiments that follow.
 
-Numpy only: Ray Data tasks compute it for training (rgvlm_ray.iql.data), evaluation updates it step by step
-(rgvlm_ray.iql.evaluate), both through `step_events`, so the two cannot drift apart.
+Numpy only: Ray Data tasks compute it for training (rgvlm_ray.iql.data, `episode_memory`), evaluation updates it
+step by step (rgvlm_ray.iql.evaluate, `advance`), both through `step_events` and CAP, so the two cannot drift apart.
 """
 
 from __future__ import annotations
@@ -77,3 +77,10 @@ def episode_memory(obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
     events = step_events(obs[:-1], actions, obs[1:]).astype(np.int32)
     counts = np.concatenate([np.zeros((1, MEMORY_DIM), np.int32), np.cumsum(events, axis=0)])
     return np.minimum(counts, CAP).astype(np.uint8)
+
+
+def advance(counts: np.ndarray, before: np.ndarray, action: int, after: np.ndarray) -> np.ndarray:
+    """Counts (MEMORY_DIM,) uint8 after one more step: step by step, the rows `episode_memory` computes at once
+    (capping each step's sum is capping the running total, since events only add)."""
+    step = step_events(before[None], np.array([action]), after[None])[0]
+    return np.minimum(counts.astype(np.int32) + step, CAP).astype(np.uint8)
