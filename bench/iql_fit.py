@@ -50,6 +50,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "cos1e-3": ("lr 1e-3 cosine", {"lr": 1e-3}, True),
     "memory": ("lr 1e-3 cosine, episode memory", {"lr": 1e-3, "memory": "events"}, True),
     "small": ("lr 1e-3 cosine, token 64, hidden 128", {"lr": 1e-3, "token_dim": 64, "hidden": 128}, True),
+    "conv": ("lr 1e-3 cosine, conv cells", {"lr": 1e-3, "obs_encoder": "conv"}, True),
 }
 
 
@@ -77,9 +78,11 @@ def train_and_read(
     read_at: list[int],
     seed: int,
     stop_at: float = 2.0,
-) -> list[tuple[int, float, float]]:
+    held_out: list[dict[str, Any]] | None = None,
+) -> list[tuple[int, float, float, float]]:
     """Train `steps` bc updates of `cfg.iql` on `buffer`; (updates, agreement with `episodes`' own actions,
-    CPU-seconds of updates so far) at every `read_at`, stopping at the first read that reaches `stop_at`."""
+    CPU-seconds of updates so far, agreement on `held_out` episodes or NaN) at every `read_at`, stopping at
+    the first read that reaches `stop_at`."""
     iql = cfg.iql
     spec: ModelSpec = model_spec(cfg, vocab)
     torch.manual_seed(seed)
@@ -96,9 +99,17 @@ def train_and_read(
         if step in read_at:
             net.eval()
             agreement = expert_agreement(net, vocab, episodes, target="actions")["agreement"]
+            fresh = (
+                expert_agreement(net, vocab, held_out, target="actions")["agreement"]
+                if held_out
+                else float("nan")
+            )
             net.train()
-            out.append((step, agreement, cpu))
-            print(f"    {step:6d} updates  agreement {agreement:.3f}  {cpu:7.1f} CPU-s", flush=True)
+            out.append((step, agreement, cpu, fresh))
+            print(
+                f"    {step:6d} updates  agreement {agreement:.3f}  held-out {fresh:.3f}  {cpu:7.1f} CPU-s",
+                flush=True,
+            )
             if agreement >= stop_at:
                 break
     return out
@@ -116,6 +127,12 @@ def main() -> None:
     parser.add_argument("--budgets", default="1500,3000", help="cosine variants: one run per budget")
     parser.add_argument("--target", type=float, default=FIT_THRESHOLD)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--held-out",
+        type=int,
+        default=0,
+        help="also read agreement on this many expert episodes of another generate seed (generalisation)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     names = args.variants.split(",")
@@ -133,6 +150,12 @@ def main() -> None:
     )
     buffer = load_buffer([transitions])
     episodes = table_episodes(table, need_expert=False)
+    # Another generate seed: other layouts, and missions drawn afresh (few coincide with the training ones).
+    held_out = (
+        table_episodes(expert_table(args.held_out, args.seed + 10_000), need_expert=False)
+        if args.held_out
+        else None
+    )
     print(
         f"# {platform.node()}, {os.cpu_count()} CPUs, torch {torch.__version__}, {args.threads} thread(s); "
         f"{args.episodes} noise-free expert episodes (k 1-6, generate seed {args.seed}), {len(buffer)} states, "
@@ -147,22 +170,30 @@ def main() -> None:
         if cosine:
             reads: list[tuple[int, float, float]] = []
             for budget in (int(b) for b in args.budgets.split(",")):
-                reads += train_and_read(buffer, episodes, vocab, cfg, budget, [budget], args.seed)
+                reads += train_and_read(
+                    buffer, episodes, vocab, cfg, budget, [budget], args.seed, held_out=held_out
+                )
                 if reads[-1][1] >= args.target:
                     break
         else:
             read_at = list(range(args.eval_every, args.max_updates + 1, args.eval_every))
             reads = train_and_read(
-                buffer, episodes, vocab, cfg, args.max_updates, read_at, args.seed, args.target
+                buffer, episodes, vocab, cfg, args.max_updates, read_at, args.seed, args.target, held_out
             )
         fit = next((r for r in reads if r[1] >= args.target), None)
         rows.append((label, fit, reads[-1], reads[-1][2] / reads[-1][0]))
-    print("\n| variant | updates to fit | CPU-s to fit | agreement at the last read | CPU-ms per update |")
-    print("|---|---|---|---|---|")
+    print(
+        "\n| variant | updates to fit | CPU-s to fit | agreement at the last read | held-out agreement there "
+        "| CPU-ms per update |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, fit, last, per_update in rows:
         updates = f"{fit[0]}" if fit else f"> {last[0]}"
         cpu = f"{fit[2]:.0f}" if fit else f"> {last[2]:.0f}"
-        print(f"| {name} | {updates} | {cpu} | {last[1]:.3f} at {last[0]} | {per_update * 1000:.1f} |")
+        print(
+            f"| {name} | {updates} | {cpu} | {last[1]:.3f} at {last[0]} | {last[3]:.3f} "
+            f"| {per_update * 1000:.1f} |"
+        )
 
 
 if __name__ == "__main__":

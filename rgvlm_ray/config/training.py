@@ -17,6 +17,9 @@ class IQLConfig:
     # the objects the agent picked up, dropped and toggled so far (symbolic obs only). Off: it did not help (measured)
     memory: str = "none"
     token_dim: int = 128  # width of one step's token in the window
+    obs_encoder: str = (
+        "mlp"  # symbolic cells -> token: mlp (cheapest) | conv (two 3x3 convolutions; docs/iql.md)
+    )
     hidden: int = 256
     goal_encoder: str = "attn"  # attn (position-aware, attended by the history) | gru | mean
     embed_dim: int = 64
@@ -39,6 +42,8 @@ class IQLConfig:
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; bench/iql_fit.py)
     batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
     actor_trains_encoder: bool = True  # the policy loss trains the shared encoder too (docs/iql.md)
+    # shared: one encoder for actor and critic (cheap) | separate: the critic's own (CORL; iql only, docs/iql.md)
+    critic_encoder: str = "shared"
     # Q in V's target and the advantage: target (Polyak heads, paper) | online (detached online heads; docs/iql.md)
     advantage_q: str = "target"
     reward_weights: dict[str, float] = field(default_factory=lambda: {"rgvlm": 1.0, "sparse": 1.0})

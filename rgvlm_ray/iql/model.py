@@ -16,7 +16,10 @@ door") is not Markov in one 7x7 view: only the recent past says which part is do
   goal clause: the window cannot say which occurrence of a repeated sub-task is due.
 - Heads on the features z: twin Q(., a), V, pi(a), each a 2-layer MLP.
 Deviation from the paper and CORL: there Q1, Q2, V and the actor are four separate networks. Sharing one
-encoder is what makes history, pixels and language affordable on CPU; the twin Q heads stay separate MLPs.
+encoder (`iql.critic_encoder=shared`) is what makes history, pixels and language affordable on CPU; the twin Q
+heads stay separate MLPs. `separate` gives the critic (Q1, Q2, V) an encoder of its own, as CORL's networks are
+apart: the actor's encoder then learns from the policy loss alone, so IQL with flat weights is exactly BC
+(measured: on a shared encoder the critic's losses cost the policy, docs/iql.md "A critic of its own").
 With `context=1` the window is the current observation alone (no actions): the memoryless model.
 """
 
@@ -33,8 +36,11 @@ from torch import nn
 OBS_MODES = ("symbolic", "image")
 GOAL_ENCODERS = ("attn", "gru", "mean")
 HISTORIES = ("transformer", "gru")
+CRITIC_ENCODERS = ("shared", "separate")
+OBS_ENCODERS = ("mlp", "conv")
 SYMBOLIC_SIZES = (11, 6, 3)  # BabyAI's object, colour and state ids (minigrid.core.constants)
 CELL_DIM = 8
+CONV_CHANNELS = 32
 HEADS = 4
 MAX_GOAL_TOKENS = 128
 MAX_CLAUSES = 8
@@ -53,12 +59,18 @@ class ModelSpec:
     token_dim: int = 128
     clause_sep: int = -1  # vocabulary id of "," (goal clauses for goal_encoder=attn); -1: none
     memory: int = 0  # width of the episode-memory input (memory.MEMORY_DIM), 0: none (checkpoints before it)
+    obs_encoder: str = (
+        "mlp"  # symbolic cells: mlp (a linear layer over the grid) | conv (two 3x3 convolutions)
+    )
+    critic_encoder: str = "shared"  # shared | separate: the critic's own encoder (older checkpoints: shared)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
             ("obs_mode", self.obs_mode, OBS_MODES),
             ("goal_encoder", self.goal_encoder, GOAL_ENCODERS),
             ("history", self.history, HISTORIES),
+            ("critic_encoder", self.critic_encoder, CRITIC_ENCODERS),
+            ("obs_encoder", self.obs_encoder, OBS_ENCODERS),
         ):
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
@@ -136,9 +148,21 @@ class StepEncoder(nn.Module):
     image: a Nature-DQN shaped CNN scaled down for 56x56 frames (56 -> 13 -> 5 -> 3).
     """
 
-    def __init__(self, obs_mode: str, dim: int) -> None:
+    def __init__(self, obs_mode: str, dim: int, kind: str = "mlp") -> None:
         super().__init__()
         self.obs_mode = obs_mode
+        # conv: the same detector at every cell (BabyAI's models are convolutional), for missions whose objects
+        # sit where no training episode put them.
+        self.conv = (
+            nn.Sequential(
+                nn.Conv2d(CELL_DIM, CONV_CHANNELS, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(CONV_CHANNELS, CONV_CHANNELS, 3, padding=1),
+                nn.ReLU(),
+            )
+            if obs_mode == "symbolic" and kind == "conv"
+            else None
+        )
         if obs_mode == "symbolic":
             # Cell embeddings as a multi-hot matmul: an nn.Embedding's backward (a scatter-add) took a fifth
             # of a CPU update at 9 window positions.
@@ -146,7 +170,8 @@ class StepEncoder(nn.Module):
             offsets = torch.tensor([0, SYMBOLIC_SIZES[0], SYMBOLIC_SIZES[0] + SYMBOLIC_SIZES[1]])
             self.register_buffer("offsets", offsets, persistent=False)
             self.register_buffer("top", torch.tensor(SYMBOLIC_SIZES) - 1, persistent=False)
-            self.net = nn.Sequential(nn.Flatten(), nn.Linear(7 * 7 * CELL_DIM, dim), nn.ReLU())
+            width = CONV_CHANNELS if self.conv is not None else CELL_DIM
+            self.net = nn.Sequential(nn.Flatten(), nn.Linear(7 * 7 * width, dim), nn.ReLU())
         else:
             self.net = nn.Sequential(
                 nn.Conv2d(3, 32, 8, stride=4),
@@ -164,7 +189,10 @@ class StepEncoder(nn.Module):
         if self.obs_mode == "symbolic":
             ids = (torch.minimum(obs.long(), self.top) + self.offsets).flatten(1, 2)  # (N, 49, 3)
             hot = torch.zeros(*ids.shape[:2], sum(SYMBOLIC_SIZES), device=obs.device).scatter_(2, ids, 1.0)
-            return self.net(self.embed(hot))
+            cells = self.embed(hot)  # (N, 49, CELL_DIM)
+            if self.conv is not None:
+                cells = self.conv(cells.transpose(1, 2).reshape(-1, CELL_DIM, 7, 7))
+            return self.net(cells)
         return self.net(obs.permute(0, 3, 1, 2).float() / 255.0)
 
 
@@ -219,7 +247,9 @@ class History(nn.Module):
         return x + self.ffn(x)
 
 
-class IQLNet(nn.Module):
+class Encoder(nn.Module):
+    """Goal, window and memory -> features z (B, Q, hidden): everything but the heads."""
+
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
         self.spec = spec
@@ -227,7 +257,7 @@ class IQLNet(nn.Module):
         self.goal_encoder = GoalEncoder(
             spec.vocab_size, spec.embed_dim, d, spec.goal_encoder, spec.clause_sep
         )
-        self.step_encoder = StepEncoder(spec.obs_mode, d)
+        self.step_encoder = StepEncoder(spec.obs_mode, d, spec.obs_encoder)
         # Index 0: no action (the window's first step, or padding); action a is a + 1.
         self.action_embed = nn.Embedding(spec.num_actions + 1, d)
         self.film = nn.Linear(d, 2 * d)
@@ -235,10 +265,6 @@ class IQLNet(nn.Module):
         self.memory = nn.Linear(spec.memory, d) if spec.memory else None
         self.goal_query = nn.Linear(d, d)
         self.trunk = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU())
-        self.q1 = mlp_head(h, spec.num_actions)
-        self.q2 = mlp_head(h, spec.num_actions)
-        self.v = mlp_head(h, 1)
-        self.pi = mlp_head(h, spec.num_actions)
 
     def encode(
         self,
@@ -277,6 +303,22 @@ class IQLNet(nn.Module):
         goal = torch.bmm(attn, keys)
         return self.trunk(torch.cat([state, goal], dim=-1))
 
+
+class IQLNet(Encoder):
+    """The encoder (the policy's, and the critic's too when shared) plus the heads.
+
+    Its own modules keep the names they had before `critic_encoder` existed, so older checkpoints load.
+    """
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__(spec)
+        h = spec.hidden
+        self.critic = Encoder(spec) if spec.critic_encoder == "separate" else None
+        self.q1 = mlp_head(h, spec.num_actions)
+        self.q2 = mlp_head(h, spec.num_actions)
+        self.v = mlp_head(h, 1)
+        self.pi = mlp_head(h, spec.num_actions)
+
     def forward(
         self,
         obs: torch.Tensor,
@@ -293,9 +335,20 @@ class IQLNet(nn.Module):
         Returns z(s) without gradient (for the target heads), (q1, q2, v, logits) at s, and v at s'.
         memory: (B, 2, M) counts at s and at s'.
         """
-        z = self.encode(obs, prev_action, valid, goal_ids, goal_lengths, goal_index, queries=2, memory=memory)
-        z_s, z_next = z[:, 0], z[:, 1].detach()  # s' only feeds the target r + gamma * V(s')
-        z_pi = z_s if actor_trains_encoder else z_s.detach()
+        inputs = (obs, prev_action, valid, goal_ids, goal_lengths, goal_index)
+        if self.critic is None:
+            z = self.encode(*inputs, queries=2, memory=memory)
+            z_s, z_next = z[:, 0], z[:, 1].detach()  # s' only feeds the target r + gamma * V(s')
+            z_pi = z_s if actor_trains_encoder else z_s.detach()
+        else:
+            z = self.critic.encode(*inputs, queries=2, memory=memory)
+            z_s, z_next = z[:, 0], z[:, 1].detach()
+            # The actor's own pass over the window ending at s (the first C of the C + 1 positions).
+            head = tuple(x[:, :-1] for x in inputs[:3])
+            z_pi = self.encode(
+                *head, *inputs[3:], queries=1, memory=None if memory is None else memory[:, :1]
+            )
+            z_pi = z_pi[:, 0] if actor_trains_encoder else z_pi[:, 0].detach()
         with torch.no_grad():
             v_next = self.v(z_next).squeeze(-1)
         return z_s.detach(), self.q1(z_s), self.q2(z_s), self.v(z_s).squeeze(-1), self.pi(z_pi), v_next

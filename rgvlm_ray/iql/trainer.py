@@ -20,7 +20,16 @@ from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql import checkpoint as ckpt
 from rgvlm_ray.iql import data
 from rgvlm_ray.iql.memory import resolve_memory
-from rgvlm_ray.iql.model import GOAL_ENCODERS, HISTORIES, OBS_MODES, IQLNet, ModelSpec, target_heads
+from rgvlm_ray.iql.model import (
+    CRITIC_ENCODERS,
+    GOAL_ENCODERS,
+    HISTORIES,
+    OBS_ENCODERS,
+    OBS_MODES,
+    IQLNet,
+    ModelSpec,
+    target_heads,
+)
 from rgvlm_ray.iql.update import (
     ADV_NORMS,
     ADVANTAGE_QS,
@@ -53,6 +62,9 @@ def model_spec(cfg: Config, vocab: Vocab) -> ModelSpec:
         *(i.obs_mode, len(vocab), NUM_ACTIONS, i.hidden, i.embed_dim, i.goal_encoder),
         *(i.context, i.history, i.token_dim, vocab.clause_separator()),
         memory=resolve_memory(i.memory, i.obs_mode),
+        obs_encoder=i.obs_encoder,
+        # bc and filtered_bc have no critic loss: a second encoder would only cost time
+        critic_encoder=i.critic_encoder if i.learner == "iql" else "shared",
     )
 
 
@@ -232,6 +244,8 @@ def validate(cfg: Config) -> None:
         ("adv_norm", i.adv_norm, ADV_NORMS),
         ("weighting", i.weighting, WEIGHTINGS),
         ("advantage_q", i.advantage_q, ADVANTAGE_QS),
+        ("critic_encoder", i.critic_encoder, CRITIC_ENCODERS),
+        ("obs_encoder", i.obs_encoder, OBS_ENCODERS),
     ):
         if value not in allowed:
             raise UsageError(f"iql.{key} must be one of {allowed}, got {value!r}")

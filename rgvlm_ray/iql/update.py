@@ -182,6 +182,17 @@ def make_optimizer(
     return optimizer, scheduler
 
 
+def clip_groups(net: IQLNet) -> list[list[torch.Tensor]]:
+    """Parameters whose gradient norm is clipped together: all of them on a shared encoder; with a critic
+    encoder of its own, the actor's and the critic's apart (a large critic gradient must not shrink the
+    actor's step, or flat-weighted IQL would no longer be BC)."""
+    if net.critic is None:
+        return [list(net.parameters())]
+    critic = {id(p) for m in (net.critic, net.q1, net.q2, net.v) for p in m.parameters()}
+    params = list(net.parameters())
+    return [[p for p in params if id(p) not in critic], [p for p in params if id(p) in critic]]
+
+
 def q_heads(net: IQLNet) -> list[torch.Tensor]:
     """The online parameters the target keeps a Polyak copy of (see model.target_heads)."""
     return [*net.q1.parameters(), *net.q2.parameters()]
@@ -237,7 +248,8 @@ def iql_update(
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+        for params in clip_groups(net):
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
     optimizer.step()
     if scheduler is not None:
         scheduler.step()
