@@ -78,6 +78,9 @@ class GenerateConfig:
     noise_levels: list[float] = field(default_factory=list)  # per-episode expert_noise drawn from these
     detour: float = 0.0  # P(per sub-task) the bot first walks to a later sub-task's object (a wrong sub-task)
     abandon: float = 0.0  # P(per episode) it gives up after j < k sub-tasks, wanders to 2 objects, and stops
+    # Recordings of each mission (same layout), each with its own behaviour draws: offline data with several
+    # attempts per task, some good and some not, as D4RL's; 1: every episode a different mission.
+    episodes_per_mission: int = 1
     num_cpus_per_task: float = 1.0
     overwrite: bool = False
 

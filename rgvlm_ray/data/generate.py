@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict
 
 import numpy as np
@@ -65,10 +66,12 @@ def check_behaviour(g: GenerateConfig) -> None:
         raise UsageError(f"{', '.join(bad)}: probabilities must lie in [0, 1]")
 
 
-def episode_plan(cfg: GenerateConfig) -> list[tuple[int, int]]:
-    """(k, index within k) for every episode, cycling through the requested k so each shard mixes them."""
-    ks = parse_subtasks(cfg.subtasks)
-    return [(ks[g % len(ks)], g // len(ks)) for g in range(cfg.episodes)]
+def episode_plan(cfg: GenerateConfig) -> list[tuple[int, int, int]]:
+    """(k, index within k, repeat) for every episode, cycling through the requested k so each shard mixes
+    them; with `episodes_per_mission` r, each mission is recorded r times (repeat 0..r-1), each its own draw
+    of the behaviour."""
+    ks, r = parse_subtasks(cfg.subtasks), cfg.episodes_per_mission
+    return [(ks[g % len(ks)], g // len(ks) // r, g // len(ks) % r) for g in range(cfg.episodes)]
 
 
 def _bot_action(
@@ -114,13 +117,19 @@ def random_object(env: ChainLevel, rng: np.random.Generator) -> tuple[str, str]:
     return obj.type, obj.color
 
 
+def extra(repeat: int) -> tuple[int, ...]:
+    """Seed components of a repeated recording; none for repeat 0, so single recordings keep their streams."""
+    return (repeat,) if repeat else ()
+
+
 class Behaviour:
     """The mixture's per-episode choices: whether to abandon after j sub-tasks, and when to take a detour to a
     wrong sub-task's object. Draws from its own stream, and only when asked for, so the plain noisy bot's
     episodes are the same as before the mixture existed."""
 
-    def __init__(self, cfg: GenerateConfig, spec: EpisodeSpec) -> None:
-        self.rng = np.random.default_rng(derive_seed(spec.mission_seed, spec.index, BEHAVIOUR_STREAM))
+    def __init__(self, cfg: GenerateConfig, spec: EpisodeSpec, repeat: int = 0) -> None:
+        seed = derive_seed(spec.mission_seed, spec.index, BEHAVIOUR_STREAM, *extra(repeat))
+        self.rng = np.random.default_rng(seed)
         self.detour = cfg.detour
         self.noise = cfg.expert_noise
         if cfg.noise_levels:
@@ -181,12 +190,15 @@ def generate_episode(
     noise: float,
     renderer: FrameRenderer,
     gen: GenerateConfig | None = None,
+    repeat: int = 0,
 ) -> dict:
     """One behaviour-policy episode as a format row. `gen` adds the behaviour mixture (detours, abandoning,
-    per-episode noise levels); without it the behaviour is the bot with `noise`."""
+    per-episode noise levels); without it the behaviour is the bot with `noise`. `repeat` > 0: another
+    recording of the same mission and layout, with its own noise and behaviour draws (repeat 0 is the episode
+    as it was before repeats existed)."""
     env = make_env(env_cfg, spec)
-    rng = np.random.default_rng(derive_seed(spec.mission_seed, spec.index, NOISE_STREAM))
-    behaviour = Behaviour(gen, spec) if gen is not None else None
+    rng = np.random.default_rng(derive_seed(spec.mission_seed, spec.index, NOISE_STREAM, *extra(repeat)))
+    behaviour = Behaviour(gen, spec, repeat) if gen is not None else None
     if behaviour is not None:
         noise = behaviour.noise
     bot = BabyAIBot(env)
@@ -223,7 +235,7 @@ def generate_episode(
         if full is not None:
             full.append(encode_png(full_view_rgb(env, env_cfg.full_tile_size)))
     return {
-        "episode_id": spec.episode_id,
+        "episode_id": spec.episode_id + (f"-r{repeat}" if repeat else ""),
         "goal": env.mission,
         "subtasks": list(env.subtasks),
         "num_subtasks": spec.num_subtasks,
@@ -250,17 +262,23 @@ def generator_metadata(cfg: Config) -> dict[bytes, bytes]:
         "pool_seed": g.seed,
         "env": asdict(cfg.env),
         "expert_noise": g.expert_noise,
-        "behaviour": {"noise_levels": list(g.noise_levels), "detour": g.detour, "abandon": g.abandon},
+        "behaviour": {
+            "noise_levels": list(g.noise_levels),
+            "detour": g.detour,
+            "abandon": g.abandon,
+            "episodes_per_mission": g.episodes_per_mission,
+        },
     }
     return {GENERATOR_KEY: json.dumps(meta).encode()}
 
 
-def build_shard(cfg: Config, plan: list[tuple[int, int]]) -> pa.Table:
+def build_shard(cfg: Config, plan: Sequence[tuple[int, ...]]) -> pa.Table:
     renderer = FrameRenderer(cfg.env.tile_size)
     rows = []
-    for k, index in plan:
+    for k, index, *repeat in plan:  # (k, index) pairs are repeat 0
         spec = find_mission(cfg.env, k, index, cfg.generate.seed, cfg.generate.split)
-        rows.append(generate_episode(cfg.env, spec, cfg.generate.expert_noise, renderer, cfg.generate))
+        g = cfg.generate
+        rows.append(generate_episode(cfg.env, spec, g.expert_noise, renderer, g, *repeat))
     table = pa.Table.from_pylist(rows, schema=fmt.EPISODE_SCHEMA)
     if not cfg.env.full_view:
         table = table.drop_columns(["frames_full"])
@@ -280,7 +298,7 @@ def shard_stats(table: pa.Table) -> dict:
     }
 
 
-def _generate_shard(cfg: Config, plan: list[tuple[int, int]], path: str) -> dict:
+def _generate_shard(cfg: Config, plan: Sequence[tuple[int, ...]], path: str) -> dict:
     table = build_shard(cfg, plan)
     nbytes = fmt.write_shard(table, path, cfg.storage)
     return {**shard_stats(table), "bytes": nbytes, "path": path}
@@ -324,6 +342,8 @@ def run(cfg: Config) -> dict:
             "split's missions, which no generated dataset may hold; generate in several pools (generate.seed)"
         )
     check_behaviour(g)
+    if g.episodes_per_mission < 1:
+        raise UsageError(f"generate.episodes_per_mission must be >= 1, got {g.episodes_per_mission}")
     plan = episode_plan(g)
     fmt.refuse_existing(g.out, g.overwrite, cfg.storage)
     init_ray(cfg.ray)

@@ -30,6 +30,7 @@ class Behaviour:
     def __init__(self) -> None:
         self.by_k: dict[int, list[tuple[bool, float]]] = {}
         self.agree = [0, 0]
+        self.missions: dict[tuple, bool] = {}  # (k, mission seed, goal) -> any successful episode
 
     def add(self, table: pa.Table) -> None:
         names = table.column_names
@@ -37,11 +38,16 @@ class Behaviour:
             cols = [
                 table.column(c).to_pylist() for c in ("num_subtasks", "progress", "terminated", "rewards")
             ]
-            for k, progress, term, rewards in zip(*cols, strict=True):
+            n = table.num_rows
+            seeds = table.column("seed").to_pylist() if "seed" in names else [None] * n
+            goals = table.column("goal").to_pylist() if "goal" in names else [None] * n
+            for k, progress, term, rewards, seed, goal in zip(*cols, seeds, goals, strict=True):
                 if k:  # null values are validation errors, reported beside this summary
                     success = bool(term) and bool(rewards) and (rewards[-1] or 0) > 0
                     done = (progress[-1] or 0) if progress else 0
                     self.by_k.setdefault(k, []).append((success, done / k))
+                    key = (k, seed, goal)
+                    self.missions[key] = self.missions.get(key, False) or success
         if "expert_actions" in names:
             for a, e in zip(
                 table.column("actions").to_pylist(), table.column("expert_actions").to_pylist(), strict=True
@@ -61,6 +67,11 @@ class Behaviour:
         return {
             "by_k": rows,
             "expert_agreement": round(self.agree[0] / self.agree[1], 4) if self.agree[1] else None,
+            "missions": len(self.missions),
+            "episodes_per_mission": round(
+                sum(len(v) for v in self.by_k.values()) / max(1, len(self.missions)), 2
+            ),
+            "missions_with_a_success": sum(self.missions.values()),
         }
 
 
@@ -153,6 +164,10 @@ def render(summary: dict) -> str:
     if b:
         agree = "n/a (no expert_actions)" if b["expert_agreement"] is None else f"{b['expert_agreement']:.3f}"
         lines.append(f"behaviour    actions equal to the bot's: {agree}")
+        lines.append(
+            f"  missions: {b['missions']} ({b['episodes_per_mission']:.1f} episodes each), "
+            f"{b['missions_with_a_success']} with a successful episode"
+        )
         for k, r in b["by_k"].items():
             lines.append(
                 f"  k={k}: {r['episodes']} episodes, success {r['success_rate']:.2f}, "
