@@ -17,9 +17,7 @@ class IQLConfig:
     # the objects the agent picked up, dropped and toggled so far (symbolic obs only). Off: it did not help (measured)
     memory: str = "none"
     token_dim: int = 128  # width of one step's token in the window
-    obs_encoder: str = (
-        "mlp"  # symbolic cells -> token: mlp (cheapest) | conv (two 3x3 convolutions; docs/iql.md)
-    )
+    obs_encoder: str = "mlp"  # symbolic cells -> token: mlp (cheapest) | conv (docs/iql.md; 4x the CPU)
     hidden: int = 256
     goal_encoder: str = "attn"  # attn (position-aware, attended by the history) | gru | mean
     embed_dim: int = 64

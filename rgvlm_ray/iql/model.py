@@ -59,9 +59,7 @@ class ModelSpec:
     token_dim: int = 128
     clause_sep: int = -1  # vocabulary id of "," (goal clauses for goal_encoder=attn); -1: none
     memory: int = 0  # width of the episode-memory input (memory.MEMORY_DIM), 0: none (checkpoints before it)
-    obs_encoder: str = (
-        "mlp"  # symbolic cells: mlp (a linear layer over the grid) | conv (two 3x3 convolutions)
-    )
+    obs_encoder: str = "mlp"  # symbolic cells: mlp (one linear layer) | conv (two 3x3 convolutions first)
     critic_encoder: str = "shared"  # shared | separate: the critic's own encoder (older checkpoints: shared)
 
     def __post_init__(self) -> None:

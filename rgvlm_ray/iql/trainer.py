@@ -235,6 +235,11 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"iql.history must be one of {HISTORIES}, got {i.history!r}")
     if i.context < 1:
         raise UsageError(f"iql.context must be >= 1 (1: memoryless), got {i.context}")
+    if i.obs_encoder == "conv" and i.obs_mode != "symbolic":
+        raise UsageError(
+            "iql.obs_encoder=conv applies to symbolic observations; image observations already go through a "
+            "CNN: drop the override or set iql.obs_mode=symbolic"
+        )
     try:
         resolve_memory(i.memory, i.obs_mode)
     except ValueError as exc:

@@ -1,6 +1,6 @@
-"""`iql.critic_encoder=separate`: the critic's losses never reach the policy, so IQL with flat weights is BC.
+"""Model options that are off by default, each measured in BENCHMARKS.md ("Replay or generalisation?").
 
-The test trains the same network twice from the same start, once as IQL (beta 0: every weight exp(0) = 1) and
+`iql.critic_encoder=separate`: the critic's losses never reach the policy, so IQL with flat weights is BC. The test trains the same network twice from the same start, once as IQL (beta 0: every weight exp(0) = 1) and
 once as BC, on the same batches, and reads the actor's parameters back: equal with a critic encoder of its own,
 not equal on a shared encoder (the check that the comparison can fail).
 """
@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from rgvlm_ray.config import IQLConfig
+from rgvlm_ray.config import IQLConfig, load_config
+from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
-from rgvlm_ray.iql.update import ReplayBuffer, iql_update, make_optimizer
+from rgvlm_ray.iql.trainer import validate
+from rgvlm_ray.iql.update import ReplayBuffer, fit, iql_update, make_optimizer
 
 CONTEXT, ACTIONS, N = 4, 7, 64
 
@@ -76,3 +78,24 @@ def test_a_separate_critic_checkpoint_round_trips_and_old_specs_load_as_shared()
     net = IQLNet(spec)
     assert net.critic is not None and any(k.startswith("critic.") for k in net.state_dict())
     assert IQLNet(ModelSpec(**old)).critic is None
+
+
+def test_conv_cells_learn_and_are_refused_for_images() -> None:
+    """`iql.obs_encoder=conv`: bc through the convolutions memorises a toy buffer (chance is 1/7)."""
+    torch.manual_seed(0)
+    buffer = toy_buffer()
+    spec = ModelSpec(
+        "symbolic", 5, ACTIONS, hidden=32, embed_dim=8, context=1, token_dim=16, obs_encoder="conv"
+    )
+    net, _ = fit(buffer, IQLNet(spec), IQLConfig(learner="bc", batch_size=64, lr=3e-3), 300)
+    assert net.step_encoder.conv is not None
+    with torch.no_grad():
+        obs, prev, valid = buffer.window(torch.arange(N), 1)
+        logits = net.logits(obs[:, :1], prev[:, :1], valid[:, :1], buffer.goal_ids[buffer.goal_row],
+                            buffer.goal_lengths[buffer.goal_row])  # fmt: skip
+    assert (logits.argmax(-1) == buffer.action).float().mean() > 0.6
+    cfg = load_config(
+        dotlist=["train.in_path=a", "train.out_path=b", "iql.obs_mode=image", "iql.obs_encoder=conv"]
+    )
+    with pytest.raises(UsageError, match="obs_encoder=conv applies to symbolic"):
+        validate(cfg)
