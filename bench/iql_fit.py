@@ -51,6 +51,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any], bool]] = {
     "memory": ("lr 1e-3 cosine, episode memory", {"lr": 1e-3, "memory": "events"}, True),
     "small": ("lr 1e-3 cosine, token 64, hidden 128", {"lr": 1e-3, "token_dim": 64, "hidden": 128}, True),
     "conv": ("lr 1e-3 cosine, conv cells", {"lr": 1e-3, "obs_encoder": "conv"}, True),
+    "runs8": ("lr 1e-3 cosine, runs of 8 windows", {"lr": 1e-3, "sample_runs": 8}, True),
+    "runs4": ("lr 1e-3 cosine, runs of 4 windows", {"lr": 1e-3, "sample_runs": 4}, True),
 }
 
 
@@ -93,7 +95,7 @@ def train_and_read(
     out, cpu = [], 0.0
     for step in range(1, steps + 1):
         t = time.process_time()
-        batch = buffer.sample(iql.batch_size, spec.context, generator)
+        batch = buffer.sample(iql.batch_size, spec.context, generator, iql.sample_runs)
         iql_update(net, net, target, optimizer, scheduler, batch, iql)
         cpu += time.process_time() - t
         if step in read_at:

@@ -170,5 +170,7 @@ def test_episodes_per_mission_records_each_mission_several_times_each_its_own_dr
     summary.add(table)
     result = summary.result()
     assert result["missions"] == 8 and result["episodes_per_mission"] == 3.0
-    successes = {key: any(r["terminated"] and r["rewards"][-1] > 0 for r in g) for key, g in by_mission.items()}
+    successes = {
+        key: any(r["terminated"] and r["rewards"][-1] > 0 for r in g) for key, g in by_mission.items()
+    }
     assert result["missions_with_a_success"] == sum(successes.values())

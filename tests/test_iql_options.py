@@ -15,7 +15,7 @@ from rgvlm_ray.config import IQLConfig, load_config
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
 from rgvlm_ray.iql.trainer import validate
-from rgvlm_ray.iql.update import ReplayBuffer, fit, iql_update, make_optimizer
+from rgvlm_ray.iql.update import Batch, ReplayBuffer, fit, iql_update, make_optimizer
 
 CONTEXT, ACTIONS, N = 4, 7, 64
 
@@ -99,3 +99,43 @@ def test_conv_cells_learn_and_are_refused_for_images() -> None:
     )
     with pytest.raises(UsageError, match="obs_encoder=conv applies to symbolic"):
         validate(cfg)
+
+
+def test_runs_of_windows_encode_each_observation_once_and_match_the_plain_windows() -> None:
+    """`iql.sample_runs`: a run's windows are the buffer's own windows of those rows, each observation gathered
+    once; the features through obs_index equal those of the plain (B, C + 1) observations."""
+    buffer, gen = toy_buffer(), torch.Generator().manual_seed(3)
+    batch = buffer.sample(32, CONTEXT, gen, runs=4)
+    starts = set(buffer.run_starts(4).tolist())
+    assert batch.obs_index is not None and batch.obs_index.shape == (32, CONTEXT + 1)
+    assert len(batch.obs) < 32 * (CONTEXT + 1) / 2  # shared observations are gathered once
+    rows = batch_rows(buffer, batch, 4)
+    # runs of 4 consecutive steps of one episode, each starting where 4 such steps exist
+    assert all(r[0] in starts and r == list(range(r[0], r[0] + 4)) for r in rows)
+    flat = torch.tensor([i for r in rows for i in r])
+    obs, prev, valid = buffer.window(flat, CONTEXT)
+    assert torch.equal(batch.obs[batch.obs_index], obs) and torch.equal(batch.prev_action, prev)
+    assert torch.equal(batch.valid, valid)
+    torch.manual_seed(0)
+    net = IQLNet(ModelSpec("symbolic", 5, ACTIONS, hidden=32, embed_dim=8, context=CONTEXT, token_dim=16))
+    args = (batch.prev_action, batch.valid, batch.goal_ids, batch.goal_lengths, batch.goal_index)
+    shared = net(batch.obs, *args, obs_index=batch.obs_index)
+    plain = net(obs, *args)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared, plain, strict=True))
+
+
+def batch_rows(buffer: ReplayBuffer, batch: Batch, runs: int) -> list[list[int]]:
+    """The buffer rows of a run-sampled batch, read back from its s' observations and actions."""
+    rows = []
+    for i in range(0, len(batch.action), runs):
+        found = []
+        for j in range(i, i + runs):
+            nxt = batch.obs[batch.obs_index[j, -1]]
+            match = [
+                r
+                for r in range(len(buffer.action))
+                if torch.equal(buffer.next_obs[r], nxt) and int(buffer.action[r]) == int(batch.action[j])
+            ]
+            found.append(match[0])
+        rows.append(found)
+    return rows

@@ -39,6 +39,8 @@ class IQLConfig:
     warmup_steps: int = 0  # linear warm-up of every lr over this many updates (0: none; bench/iql_fit.py)
     grad_clip: float = 0.0  # clip the global gradient norm to this (0: off; bench/iql_fit.py)
     batch_size: int = 256  # paper, CORL (BOSS/SPRINT ALFRED: 64)
+    # >1: sample runs of this many consecutive windows and encode each observation once (cheaper; docs/iql.md)
+    sample_runs: int = 1
     actor_trains_encoder: bool = True  # the policy loss trains the shared encoder too (docs/iql.md)
     # shared: one encoder for actor and critic (cheap) | separate: the critic's own (CORL; iql only, docs/iql.md)
     critic_encoder: str = "shared"

@@ -274,17 +274,22 @@ class Encoder(nn.Module):
         goal_index: torch.Tensor,
         queries: int,
         memory: torch.Tensor | None = None,
+        obs_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Features z (B, Q, hidden) for the windows ending at the last `queries` of P positions.
 
         obs (B, P, ...) uint8, prev_action (B, P) int64 (0 = none, else action + 1), valid (B, P) bool;
         each distinct goal (goal_ids row) is encoded once and gathered by goal_index (B,); memory (B, Q, M)
-        uint8 event counts at each window's last step, required when the spec has memory.
+        uint8 event counts at each window's last step, required when the spec has memory. With obs_index
+        (B, P), obs holds distinct observations (U, ...) and each is encoded once (ReplayBuffer.sample_runs).
         """
         b, p = prev_action.shape
         g_tokens, g_mask, g_pooled = self.goal_encoder(goal_ids, goal_lengths)
         pooled = g_pooled[goal_index]  # (B, D)
-        tokens = self.step_encoder(obs.reshape(b * p, *obs.shape[2:])).view(b, p, -1)
+        if obs_index is None:
+            tokens = self.step_encoder(obs.reshape(b * p, *obs.shape[2:])).view(b, p, -1)
+        else:
+            tokens = self.step_encoder(obs)[obs_index]
         if self.spec.context > 1:  # context 1: the observation alone, as the memoryless model sees it
             tokens = tokens + self.action_embed(prev_action)
         gamma, beta = self.film(pooled).chunk(2, dim=-1)
@@ -327,6 +332,7 @@ class IQLNet(Encoder):
         goal_index: torch.Tensor,
         actor_trains_encoder: bool = False,
         memory: torch.Tensor | None = None,
+        obs_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """The fused training pass over C + 1 positions (the windows ending at s and at s').
 
@@ -335,16 +341,19 @@ class IQLNet(Encoder):
         """
         inputs = (obs, prev_action, valid, goal_ids, goal_lengths, goal_index)
         if self.critic is None:
-            z = self.encode(*inputs, queries=2, memory=memory)
+            z = self.encode(*inputs, queries=2, memory=memory, obs_index=obs_index)
             z_s, z_next = z[:, 0], z[:, 1].detach()  # s' only feeds the target r + gamma * V(s')
             z_pi = z_s if actor_trains_encoder else z_s.detach()
         else:
-            z = self.critic.encode(*inputs, queries=2, memory=memory)
+            z = self.critic.encode(*inputs, queries=2, memory=memory, obs_index=obs_index)
             z_s, z_next = z[:, 0], z[:, 1].detach()
             # The actor's own pass over the window ending at s (the first C of the C + 1 positions).
-            head = tuple(x[:, :-1] for x in inputs[:3])
+            head_obs = obs if obs_index is not None else obs[:, :-1]
             z_pi = self.encode(
-                *head, *inputs[3:], queries=1, memory=None if memory is None else memory[:, :1]
+                *(head_obs, prev_action[:, :-1], valid[:, :-1], goal_ids, goal_lengths, goal_index),
+                queries=1,
+                memory=None if memory is None else memory[:, :1],
+                obs_index=None if obs_index is None else obs_index[:, :-1],
             )
             z_pi = z_pi[:, 0] if actor_trains_encoder else z_pi[:, 0].detach()
         with torch.no_grad():

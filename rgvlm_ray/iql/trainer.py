@@ -143,7 +143,7 @@ def train_loop(config: dict[str, Any]) -> None:
             target,
             optimizer,
             scheduler,
-            buffer.sample(cfg.iql.batch_size, spec.context, generator),
+            buffer.sample(cfg.iql.batch_size, spec.context, generator, cfg.iql.sample_runs),
             cfg.iql,
         )
         means.add(values)  # the diagnostics average every batch; no host sync until the report
@@ -235,6 +235,10 @@ def validate(cfg: Config) -> None:
         raise UsageError(f"iql.history must be one of {HISTORIES}, got {i.history!r}")
     if i.context < 1:
         raise UsageError(f"iql.context must be >= 1 (1: memoryless), got {i.context}")
+    if i.sample_runs < 1 or i.batch_size % i.sample_runs:
+        raise UsageError(
+            f"iql.sample_runs must be >= 1 and divide iql.batch_size ({i.batch_size}), got {i.sample_runs}"
+        )
     if i.obs_encoder == "conv" and i.obs_mode != "symbolic":
         raise UsageError(
             "iql.obs_encoder=conv applies to symbolic observations; image observations already go through a "
