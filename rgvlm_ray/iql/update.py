@@ -158,8 +158,8 @@ class ReplayBuffer:
 
         runs > 1: batch_size / runs uniform starts, each followed by the next runs - 1 steps of its episode.
         Consecutive windows share all but one observation, so each distinct observation is gathered (and
-        encoded) once: 8 windows of context 8 carry 23 distinct observations where 8 independent ones carry
-        72 (bench/iql_fit.py measures what the less independent samples cost the fit).
+        encoded) once: 4 windows of context 8 carry 15 distinct observations where 4 independent ones carry
+        36 (bench/iql_fit.py measures what the less independent samples cost the fit: docs/iql.md).
         """
         if runs > 1:
             return self.sample_runs(batch_size, context, runs, generator)
