@@ -148,19 +148,19 @@ def test_training_agreement_reads_the_runs_own_episodes_and_says_whether_it_fits
 
 
 def test_episodes_per_mission_records_each_mission_several_times_each_its_own_draw():
-    single = _table(expert_noise=0.3, abandon=0.5, subtasks="1-2")
-    table = _table(expert_noise=0.3, abandon=0.5, subtasks="1-2", episodes_per_mission=3)
+    single = _table(expert_noise=0.3, abandon=0.5, subtasks="1-2", episodes=12)
+    table = _table(expert_noise=0.3, abandon=0.5, subtasks="1-2", episodes=12, episodes_per_mission=3)
     rows = table.to_pylist()
-    assert len({r["episode_id"] for r in rows}) == len(rows) == 24
+    assert len({r["episode_id"] for r in rows}) == len(rows) == 12
     by_mission: dict[tuple[int, int], list[dict]] = {}
     for r in rows:
         by_mission.setdefault((r["num_subtasks"], r["seed"]), []).append(r)
-    assert len(by_mission) == 8 and all(len(v) == 3 for v in by_mission.values())
+    assert len(by_mission) == 4 and all(len(v) == 3 for v in by_mission.values())
     for group in by_mission.values():
         # the same mission and initial state (layout), recorded three times
         assert len({r["goal"] for r in group}) == 1 and len({r["symbolic"][0] for r in group}) == 1
     # each recording draws its own noise: the action sequences differ
-    assert sum(len({tuple(r["actions"]) for r in g}) > 1 for g in by_mission.values()) >= 6
+    assert sum(len({tuple(r["actions"]) for r in g}) > 1 for g in by_mission.values()) >= 3
     # repeat 0 of every mission is the episode a single recording gives
     first = {r["episode_id"]: r for r in rows if "-r" not in r["episode_id"]}
     for r in single.to_pylist():
@@ -169,7 +169,7 @@ def test_episodes_per_mission_records_each_mission_several_times_each_its_own_dr
     summary = Behaviour()
     summary.add(table)
     result = summary.result()
-    assert result["missions"] == 8 and result["episodes_per_mission"] == 3.0
+    assert result["missions"] == 4 and result["episodes_per_mission"] == 3.0
     successes = {
         key: any(r["terminated"] and r["rewards"][-1] > 0 for r in g) for key, g in by_mission.items()
     }

@@ -87,7 +87,7 @@ def test_conv_cells_learn_and_are_refused_for_images() -> None:
     spec = ModelSpec(
         "symbolic", 5, ACTIONS, hidden=32, embed_dim=8, context=1, token_dim=16, obs_encoder="conv"
     )
-    net, _ = fit(buffer, IQLNet(spec), IQLConfig(learner="bc", batch_size=64, lr=3e-3), 300)
+    net, _ = fit(buffer, IQLNet(spec), IQLConfig(learner="bc", batch_size=64, lr=1e-2), 100)
     assert net.step_encoder.conv is not None
     with torch.no_grad():
         obs, prev, valid = buffer.window(torch.arange(N), 1)
