@@ -107,6 +107,7 @@ def test_runs_of_windows_encode_each_observation_once_and_match_the_plain_window
     buffer, gen = toy_buffer(), torch.Generator().manual_seed(3)
     batch = buffer.sample(32, CONTEXT, gen, runs=4)
     starts = set(buffer.run_starts(4).tolist())
+    assert len(buffer.to(torch.device("cpu")).run_starts(4)) == len(starts)  # a moved copy rebuilds its cache
     assert batch.obs_index is not None and batch.obs_index.shape == (32, CONTEXT + 1)
     assert len(batch.obs) < 32 * (CONTEXT + 1) / 2  # shared observations are gathered once
     rows = batch_rows(buffer, batch, 4)

@@ -110,7 +110,7 @@ def train_loop(config: dict[str, Any]) -> None:
     shard = ray.train.get_dataset_shard("train")
     buffer = data.load_buffer(shard.iter_batches(batch_size=4096, batch_format="numpy"))
     if device.type != "cpu":
-        buffer = type(buffer)(**{k: v if v is None else v.to(device) for k, v in vars(buffer).items()})
+        buffer = buffer.to(device)
 
     spec = model_spec(cfg, vocab)
     net = IQLNet(spec).to(device)

@@ -90,6 +90,11 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return int(self.keep.shape[0])
 
+    def to(self, device: torch.device) -> ReplayBuffer:
+        """A copy on `device` (its fields only: caches such as run_starts are rebuilt there)."""
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return ReplayBuffer(**{k: v if v is None else v.to(device) for k, v in moved.items()})
+
     @classmethod
     def from_numpy(cls, cols: dict[str, np.ndarray]) -> ReplayBuffer:
         """From flat transition columns in episode order, as rgvlm_ray.iql.data.to_transitions produces them."""
