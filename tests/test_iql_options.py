@@ -14,7 +14,7 @@ import torch
 from rgvlm_ray.config import IQLConfig, load_config
 from rgvlm_ray.errors import UsageError
 from rgvlm_ray.iql.model import IQLNet, ModelSpec, target_heads
-from rgvlm_ray.iql.trainer import validate
+from rgvlm_ray.iql.trainer import check_runs, validate
 from rgvlm_ray.iql.update import Batch, ReplayBuffer, fit, iql_update, make_optimizer
 
 CONTEXT, ACTIONS, N = 4, 7, 64
@@ -140,3 +140,12 @@ def batch_rows(buffer: ReplayBuffer, batch: Batch, runs: int) -> list[list[int]]
             found.append(match[0])
         rows.append(found)
     return rows
+
+
+def test_runs_longer_than_every_episode_or_not_dividing_the_batch_are_refused() -> None:
+    with pytest.raises(UsageError, match="longest in data/ has 5: set iql.sample_runs <= 5"):
+        check_runs(8, 5, "data/")
+    check_runs(4, 5, "data/")
+    cfg = load_config(dotlist=["train.in_path=a", "train.out_path=b", "iql.sample_runs=3"])
+    with pytest.raises(UsageError, match="divide iql.batch_size"):
+        validate(cfg)

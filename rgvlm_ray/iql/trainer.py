@@ -280,6 +280,15 @@ def check_context(context: int, longest: int, in_path: str) -> None:
         )
 
 
+def check_runs(runs: int, longest: int, in_path: str) -> None:
+    """A run of iql.sample_runs windows lies inside one episode: some episode must be that long."""
+    if runs > longest:
+        raise UsageError(
+            f"iql.sample_runs={runs} needs episodes of at least {runs} steps, and the longest in {in_path} has "
+            f"{longest}: set iql.sample_runs <= {longest} (1: independent windows)"
+        )
+
+
 def train(cfg: Config) -> dict:
     """Train (or resume) one run; returns {out, checkpoint, metrics} or {out, checkpoint, already_at_step}."""
     from rgvlm_ray.ray_utils import init_ray
@@ -304,6 +313,7 @@ def train(cfg: Config) -> dict:
 
     stats = data.reward_stats(info, cfg)
     check_context(cfg.iql.context, stats.longest, t.in_path)
+    check_runs(cfg.iql.sample_runs, stats.longest, t.in_path)
     vocab = vocab or Vocab.build(stats.goals, cfg.iql.max_vocab)
     scale = stats.scale(cfg.iql.normalize_reward)
     log.info(
