@@ -22,7 +22,7 @@ lint: $(BIN)/rgvlm
 	$(BIN)/ruff format --check .
 
 test: lint
-	$(BIN)/python -m tests.shards 2  # two pytest processes side by side (tests/shards.py)
+	$(BIN)/python -m tests.shards 2 --durations=15  # two pytest processes side by side (tests/shards.py)
 
 bench: $(BIN)/rgvlm
 	for f in bench/*.py; do $(BIN)/python $$f || exit 1; done

@@ -70,17 +70,13 @@ class GenerateConfig:
     episodes_per_shard: int = 40
     seed: int = 0
     subtasks: str = "1-6"  # "1-6", "3" or "1,2,5"
-    expert_noise: float = (
-        0.5  # P(random action) per step; the bot replans. 0.5 gives ~80% success (BENCHMARKS.md)
-    )
+    expert_noise: float = 0.5  # P(random action) per step (the bot replans); 0.5: ~80% success
     split: str = "seen"  # seen | randomized
     # A mixture of behaviours, as real offline data is (docs/format.md, "Behaviour"). All 0 / empty: the noisy bot.
     noise_levels: list[float] = field(default_factory=list)  # per-episode expert_noise drawn from these
     detour: float = 0.0  # P(per sub-task) the bot first walks to a later sub-task's object (a wrong sub-task)
     abandon: float = 0.0  # P(per episode) it gives up after j < k sub-tasks, wanders to 2 objects, and stops
-    # Recordings of each mission (same layout), each with its own behaviour draws: offline data with several
-    # attempts per task, some good and some not, as D4RL's; 1: every episode a different mission.
-    episodes_per_mission: int = 1
+    episodes_per_mission: int = 1  # recordings of each mission (same layout), each its own behaviour draw
     num_cpus_per_task: float = 1.0
     overwrite: bool = False
 
