@@ -108,6 +108,13 @@ def test_runs_of_windows_encode_each_observation_once_and_match_the_plain_window
     batch = buffer.sample(32, CONTEXT, gen, runs=4)
     starts = set(buffer.run_starts(4).tolist())
     assert len(buffer.to(torch.device("cpu")).run_starts(4)) == len(starts)  # a moved copy rebuilds its cache
+    # brute force, with some rows left out of sampling (null_reward=drop): runs never cross an episode or a dropped row
+    buffer.keep = torch.tensor([i for i in range(N) if i % 5 != 2])
+    buffer.__dict__.pop("_run_starts")
+    kept, ep = set(buffer.keep.tolist()), [i // (N // 8) for i in range(N)]
+    expect = [i for i in range(N - 3) if all(j in kept and ep[j] == ep[i] for j in range(i, i + 4))]
+    assert buffer.run_starts(4).tolist() == expect
+    buffer = toy_buffer()
     assert batch.obs_index is not None and batch.obs_index.shape == (32, CONTEXT + 1)
     assert len(batch.obs) < 32 * (CONTEXT + 1) / 2  # shared observations are gathered once
     rows = batch_rows(buffer, batch, 4)

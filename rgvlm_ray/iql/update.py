@@ -142,14 +142,11 @@ class ReplayBuffer:
         cache = self.__dict__.setdefault("_run_starts", {})
         if runs not in cache:
             n = len(self.history)
-            good = torch.zeros(n, dtype=torch.long, device=self.keep.device)
-            good[self.keep] = 1
-            good[1:] *= (
-                self.history[1:] > 0
-            ).long()  # row i + 1 continues row i (history counts rows before it)
-            # a run starting at i needs rows i+1 .. i+runs-1 to be kept continuations, and row i kept
             kept = torch.zeros(n, dtype=torch.long, device=self.keep.device)
             kept[self.keep] = 1
+            # good[i]: row i is kept and continues row i - 1 (history counts the episode's rows before it); a run
+            # starting at a kept row i needs rows i+1 .. i+runs-1 good
+            good = kept * (self.history > 0).long()
             total = torch.cat([torch.zeros(1, dtype=torch.long, device=good.device), good.cumsum(0)])
             starts = torch.arange(max(n - runs + 1, 0), device=good.device)
             cont = total[starts + runs] - total[starts + 1]  # continuations among rows i+1 .. i+runs-1
@@ -202,7 +199,7 @@ class ReplayBuffer:
     def batch(
         self,
         idx: torch.Tensor,
-        rows: torch.Tensor,
+        goals: torch.Tensor,
         goal_index: torch.Tensor,
         obs: torch.Tensor,
         prev: torch.Tensor,
@@ -215,8 +212,8 @@ class ReplayBuffer:
             action=self.action[idx],
             reward=self.reward[idx],
             done=self.done[idx],
-            goal_ids=self.goal_ids[rows],
-            goal_lengths=self.goal_lengths[rows],
+            goal_ids=self.goal_ids[goals],
+            goal_lengths=self.goal_lengths[goals],
             goal_index=goal_index,
             memory=None
             if self.memory is None or self.next_memory is None
