@@ -64,6 +64,8 @@ def check_behaviour(g: GenerateConfig) -> None:
     bad = [f"generate.{k}={v}" for k, v in probs.items() if not 0.0 <= float(v) <= 1.0]
     if bad:
         raise UsageError(f"{', '.join(bad)}: probabilities must lie in [0, 1]")
+    if g.episodes_per_mission < 1:
+        raise UsageError(f"generate.episodes_per_mission must be >= 1, got {g.episodes_per_mission}")
 
 
 def episode_plan(cfg: GenerateConfig) -> list[tuple[int, int, int]]:
@@ -274,10 +276,9 @@ def generator_metadata(cfg: Config) -> dict[bytes, bytes]:
 
 def build_shard(cfg: Config, plan: Sequence[tuple[int, ...]]) -> pa.Table:
     renderer = FrameRenderer(cfg.env.tile_size)
-    rows = []
+    rows, g = [], cfg.generate
     for k, index, *repeat in plan:  # (k, index) pairs are repeat 0
-        spec = find_mission(cfg.env, k, index, cfg.generate.seed, cfg.generate.split)
-        g = cfg.generate
+        spec = find_mission(cfg.env, k, index, g.seed, g.split)
         rows.append(generate_episode(cfg.env, spec, g.expert_noise, renderer, g, *repeat))
     table = pa.Table.from_pylist(rows, schema=fmt.EPISODE_SCHEMA)
     if not cfg.env.full_view:
@@ -342,8 +343,6 @@ def run(cfg: Config) -> dict:
             "split's missions, which no generated dataset may hold; generate in several pools (generate.seed)"
         )
     check_behaviour(g)
-    if g.episodes_per_mission < 1:
-        raise UsageError(f"generate.episodes_per_mission must be >= 1, got {g.episodes_per_mission}")
     plan = episode_plan(g)
     fmt.refuse_existing(g.out, g.overwrite, cfg.storage)
     init_ray(cfg.ray)
