@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,6 +45,16 @@ WEIGHTINGS = ("exp", "binary")
 ADVANTAGE_QS = ("target", "online")
 
 
+def moved(obj: Any, device: torch.device) -> Any:
+    """A copy of a dataclass of tensors (or None) with every field on `device`."""
+    return type(obj)(
+        **{
+            f.name: None if (v := getattr(obj, f.name)) is None else v.to(device, non_blocking=True)
+            for f in fields(obj)
+        }
+    )
+
+
 @dataclass
 class Batch:
     """B windows of C + 1 positions: the last C observations up to s, then s' (docs/iql.md, "History")."""
@@ -63,8 +74,7 @@ class Batch:
     obs_index: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> Batch:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return Batch(**{k: v if v is None else v.to(device, non_blocking=True) for k, v in moved.items()})
+        return moved(self, device)
 
 
 @dataclass
@@ -92,8 +102,7 @@ class ReplayBuffer:
 
     def to(self, device: torch.device) -> ReplayBuffer:
         """A copy on `device` (its fields only: caches such as run_starts are rebuilt there)."""
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return ReplayBuffer(**{k: v if v is None else v.to(device) for k, v in moved.items()})
+        return moved(self, device)
 
     @classmethod
     def from_numpy(cls, cols: dict[str, np.ndarray]) -> ReplayBuffer:
@@ -184,17 +193,13 @@ class ReplayBuffer:
         idx = (starts[pick, None] + torch.arange(runs, device=starts.device)).reshape(-1)
         goals, goal_index = torch.unique(self.goal_row[idx], return_inverse=True)
         rows, prev, valid = self.window_rows(idx, context)
-        # Sources: row r of obs is id r, next_obs[i] is id N + i; gather each distinct one once.
+        # Sources: row r of obs is id r, next_obs[i] is id N + i; gather each distinct one once. torch.unique
+        # sorts, so the obs rows come first and the next_obs rows after them.
         n = len(self.history)
-        ids = torch.cat([rows, n + idx[:, None]], 1)
-        unique, index = torch.unique(ids, return_inverse=True)
-        from_next = unique >= n
-        obs = torch.empty((len(unique), *self.obs.shape[1:]), dtype=self.obs.dtype, device=self.obs.device)
-        obs[~from_next] = self.obs[unique[~from_next]]
-        obs[from_next] = self.next_obs[unique[from_next] - n]
-        batch = self.batch(idx, goals, goal_index, obs, prev, valid)
-        batch.obs_index = index
-        return batch
+        unique, index = torch.unique(torch.cat([rows, n + idx[:, None]], 1), return_inverse=True)
+        split = int((unique < n).sum())
+        obs = torch.cat([self.obs[unique[:split]], self.next_obs[unique[split:] - n]])
+        return self.batch(idx, goals, goal_index, obs, prev, valid, obs_index=index)
 
     def batch(
         self,
@@ -204,6 +209,7 @@ class ReplayBuffer:
         obs: torch.Tensor,
         prev: torch.Tensor,
         valid: torch.Tensor,
+        obs_index: torch.Tensor | None = None,
     ) -> Batch:
         return Batch(
             obs=obs,
@@ -218,6 +224,7 @@ class ReplayBuffer:
             memory=None
             if self.memory is None or self.next_memory is None
             else torch.stack([self.memory[idx], self.next_memory[idx]], 1),
+            obs_index=obs_index,
         )
 
 
